@@ -1,0 +1,452 @@
+"""The two loops as data: search spaces, optimizees, evaluations and the optimizer protocol.
+
+Outer loop:  ``state --ask(key)--> population``          (pytree, leading axis J)
+Inner loop:  ``population --optimizee--> Evaluation``   (vmapped and jitted here, never by users)
+Outer loop:  ``state, population, Evaluation --tell--> state``
+
+Optimizers work on flat ``(J, P)`` float arrays; individuals are pytrees only at the edges.
+Every optimizer *maximises* ``Evaluation.score = fitness @ weights`` (L2L's ``fitness_weights``:
+a positive weight maximises that objective, a negative one minimises it). A row whose fitness
+has any non-finite entry scores ``-inf``: it is never elite, never best, and optimizers keep it
+out of their state.
+
+Example::
+
+    problem = l2ljax.functions.optimizee("rastrigin", dim=2)
+    opt = l2ljax.CrossEntropy(problem.space, pop_size=32)
+    state = opt.init(jax.random.key(0))
+    population = opt.ask(jax.random.key(1), state)
+    state = opt.tell(state, population, problem.evaluate(jax.random.key(2), population))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax.flatten_util import ravel_pytree
+
+Array = jax.Array
+PyTree = Any
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def as_key(key: Any) -> Array:
+    """Accept a typed key (``jax.random.key``) or a legacy uint32 key; reject anything else."""
+    if isinstance(key, int | np.integer):
+        raise TypeError("expected a JAX PRNG key, got an int: use jax.random.key(seed)")
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if key.dtype == jnp.uint32 and key.shape == (2,):
+        return jax.random.wrap_key_data(key)
+    raise TypeError(f"expected a JAX PRNG key, got an array of dtype {key.dtype} and shape {key.shape}")
+
+
+# --------------------------------------------------------------------------- search space
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Space:
+    """A box-bounded search space of pytree individuals, flattened to ``dim`` floats.
+
+    ``lower``/``upper`` are flat float64 numpy arrays (``-inf``/``inf`` where unbounded);
+    ``sample(key) -> (dim,)`` draws one initial individual (L2L's ``create_individual``).
+    """
+
+    unravel: Callable[[Array], PyTree]
+    dim: int
+    lower: np.ndarray
+    upper: np.ndarray
+    sample: Callable[[Array], Array]
+
+    @property
+    def bounded(self) -> bool:
+        return bool(np.all(np.isfinite(self.lower)) and np.all(np.isfinite(self.upper)))
+
+    def clip(self, flat: Array) -> Array:
+        """The one place where bounds are applied (L2L's ``bounding_func``)."""
+        if np.all(np.isinf(self.lower)) and np.all(np.isinf(self.upper)):
+            return flat
+        return jnp.clip(flat, jnp.asarray(self.lower, flat.dtype), jnp.asarray(self.upper, flat.dtype))
+
+    def ravel(self, individual: PyTree) -> Array:
+        return ravel_pytree(individual)[0]
+
+    def to_flat(self, population: PyTree) -> Array:
+        """Pytree population with leading axis J -> ``(J, dim)``; checks structure and shapes."""
+        flat = jax.vmap(lambda ind: ravel_pytree(ind)[0])(population)
+        if flat.ndim != 2 or flat.shape[1] != self.dim:
+            raise ValueError(f"population flattens to shape {flat.shape}, expected (J, {self.dim})")
+        return flat
+
+    def to_pytree(self, flat: Array) -> PyTree:
+        return jax.vmap(self.unravel)(flat)
+
+    @staticmethod
+    def from_template(
+        template: PyTree,
+        lower: PyTree | float | None = None,
+        upper: PyTree | float | None = None,
+        sample: Callable[[Array], PyTree] | None = None,
+    ) -> Space:
+        """Build a space from an example individual and bounds (scalars or pytrees like it).
+
+        Without ``sample``, initial individuals are uniform in the box when it is bounded,
+        otherwise standard normal around the template.
+        """
+        flat, unravel = ravel_pytree(template)
+        if flat.size == 0:
+            raise ValueError("the individual template has no parameters")
+        if not jnp.issubdtype(flat.dtype, jnp.floating):
+            raise TypeError(f"individuals must be floating point, template flattens to {flat.dtype}")
+        dim = int(flat.size)
+        lo = _flat_bound(lower, template, dim, -np.inf, "lower")
+        hi = _flat_bound(upper, template, dim, np.inf, "upper")
+        bad = np.flatnonzero(lo > hi)
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"bounds with lower > upper at flat index {i}: {lo[i]} > {hi[i]}")
+        if sample is not None:
+            def sample_flat(key: Array) -> Array:
+                return ravel_pytree(sample(key))[0].astype(flat.dtype)
+        elif np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)):
+            def sample_flat(key: Array) -> Array:
+                return jax.random.uniform(key, (dim,), flat.dtype, jnp.asarray(lo), jnp.asarray(hi))
+        else:
+            def sample_flat(key: Array) -> Array:
+                return flat + jax.random.normal(key, (dim,), flat.dtype)
+        return Space(unravel=unravel, dim=dim, lower=lo, upper=hi, sample=sample_flat)
+
+
+def _flat_bound(bound: Any, template: PyTree, dim: int, default: float, which: str) -> np.ndarray:
+    if bound is None:
+        return np.full(dim, default)
+    if np.ndim(bound) == 0 and not isinstance(bound, dict | list | tuple):
+        value = float(bound)
+        if math.isnan(value):
+            raise ValueError(f"{which} bound is NaN")
+        return np.full(dim, value)
+    if jax.tree_util.tree_structure(bound) != jax.tree_util.tree_structure(template):
+        raise ValueError(
+            f"{which} bound pytree does not match the individual: "
+            f"{jax.tree_util.tree_structure(bound)} vs {jax.tree_util.tree_structure(template)}"
+        )
+    for b, t in zip(jax.tree_util.tree_leaves(bound), jax.tree_util.tree_leaves(template), strict=True):
+        if np.shape(b) not in ((), np.shape(t)):
+            raise ValueError(f"{which} bound leaf of shape {np.shape(b)} does not match leaf {np.shape(t)}")
+    leaves = [np.broadcast_to(np.asarray(b, np.float64), np.shape(t)) for b, t in
+              zip(jax.tree_util.tree_leaves(bound), jax.tree_util.tree_leaves(template), strict=True)]
+    out = np.concatenate([leaf.ravel() for leaf in leaves])
+    if np.isnan(out).any():
+        raise ValueError(f"{which} bound contains NaN")
+    return out
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class Evaluation(NamedTuple):
+    """What the inner loop returns for a population of J individuals.
+
+    fitness:  (J, n_obj) raw objective values as the optimizee returned them.
+    weighted: (J, n_obj) fitness * weights; rows with any non-finite value are ``-inf``.
+    score:    (J,) sum of ``weighted``: the scalar every optimizer maximises.
+    outputs:  (J, M) model outputs (Kalman methods), or None.
+    targets:  (M,) observations the outputs should match (Kalman methods), or None.
+    """
+
+    fitness: Array
+    weighted: Array
+    score: Array
+    outputs: Array | None = None
+    targets: Array | None = None
+
+
+def make_evaluation(
+    fitness: Array,
+    weights: Sequence[float] | Array,
+    outputs: Array | None = None,
+    targets: Array | None = None,
+) -> Evaluation:
+    """Weight raw fitness into the score optimizers maximise; non-finite rows score -inf."""
+    fitness = jnp.asarray(fitness)
+    if fitness.ndim == 1:
+        fitness = fitness[:, None]
+    weights = jnp.asarray(weights, fitness.dtype if jnp.issubdtype(fitness.dtype, jnp.floating) else jnp.float32)
+    if fitness.ndim != 2 or fitness.shape[1] != weights.shape[0]:
+        raise ValueError(f"fitness of shape {fitness.shape} does not match {weights.shape[0]} fitness weights")
+    valid = jnp.all(jnp.isfinite(fitness), axis=1)
+    if outputs is not None:
+        valid &= jnp.all(jnp.isfinite(outputs.reshape(outputs.shape[0], -1)), axis=1)
+    weighted = jnp.where(valid[:, None], fitness * weights, -jnp.inf)
+    score = jnp.where(valid, jnp.sum(jnp.where(valid[:, None], weighted, 0.0), axis=1), -jnp.inf)
+    return Evaluation(fitness, weighted, score, outputs, targets)
+
+
+def check_weights(weights: Sequence[float]) -> tuple[float, ...]:
+    weights = tuple(float(w) for w in np.atleast_1d(np.asarray(weights, dtype=np.float64)))
+    if not weights:
+        raise ValueError("fitness weights are empty: give one weight per objective, e.g. (-1.0,) to minimise")
+    if not all(math.isfinite(w) and w != 0.0 for w in weights):
+        raise ValueError(f"fitness weights must be finite and nonzero, got {weights}")
+    return weights
+
+
+# --------------------------------------------------------------------------- optimizee
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Optimizee:
+    """The inner loop: a pure function that scores ONE individual.
+
+    ``fn(individual, key) -> fitness`` (scalar or ``(n_obj,)``), or with ``data``:
+    ``fn(individual, key, inputs) -> (fitness, outputs)`` where ``data(generation) ->
+    (inputs, targets)`` picks the minibatch of a generation (jittable, e.g. indexing arrays
+    already on the device). ``weights`` are L2L's ``fitness_weights``. ``noise_std`` adds
+    N(0, noise_std²) to every objective (L2L's noisy benchmark functions). Set
+    ``jittable=False`` for simulators that are not JAX code: they are then called on the
+    host with a numpy population of shape (J, dim) via ``fn(population_pytree, seed)``.
+    """
+
+    fn: Callable[..., Any]
+    space: Space
+    weights: tuple[float, ...] = (-1.0,)
+    noise_std: float = 0.0
+    name: str = "optimizee"
+    data: Callable[[Array], tuple[Array, Array]] | None = None
+    jittable: bool = True
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", check_weights(self.weights))
+        if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise ValueError(f"noise_std must be finite and >= 0, got {self.noise_std}")
+
+    @staticmethod
+    def create(
+        fn: Callable[..., Any],
+        template: PyTree,
+        *,
+        lower: PyTree | float | None = None,
+        upper: PyTree | float | None = None,
+        sample: Callable[[Array], PyTree] | None = None,
+        weights: Sequence[float] = (-1.0,),
+        noise_std: float = 0.0,
+        name: str = "optimizee",
+        data: Callable[[Array], tuple[Array, Array]] | None = None,
+        jittable: bool = True,
+        info: dict | None = None,
+    ) -> Optimizee:
+        """Build an optimizee from a function of one individual, an example individual and bounds.
+
+        ``info``: JSON-able facts recorded in run metadata (e.g. the known optimum).
+        """
+        space = Space.from_template(template, lower, upper, sample)
+        return Optimizee(fn, space, tuple(weights), noise_std, name, data, jittable, dict(info or {}))
+
+    @property
+    def n_objectives(self) -> int:
+        return len(self.weights)
+
+    def evaluate_flat(self, key: Array, population: Array, generation: Array | int = 0) -> Evaluation:
+        """Score a flat ``(J, dim)`` population: vmap of ``fn`` over individuals (jittable)."""
+        n = population.shape[0]
+        k_eval, k_noise = jax.random.split(key)
+        keys = jax.random.split(k_eval, n)
+        individuals = self.space.to_pytree(population)
+        outputs = targets = None
+        if self.data is None:
+            fitness = jax.vmap(self.fn)(individuals, keys)
+        else:
+            inputs, targets = self.data(jnp.asarray(generation))
+            fitness, outputs = jax.vmap(self.fn, in_axes=(0, 0, None))(individuals, keys, inputs)
+            outputs = outputs.reshape(n, -1)
+            targets = jnp.ravel(targets)
+        fitness = jnp.asarray(fitness).reshape(n, -1)
+        if fitness.shape[1] != self.n_objectives:
+            raise ValueError(f"{self.name} returned {fitness.shape[1]} objectives but has "
+                             f"{self.n_objectives} fitness weights")
+        if self.noise_std > 0:
+            fitness = fitness + self.noise_std * jax.random.normal(k_noise, fitness.shape, fitness.dtype)
+        return make_evaluation(fitness, self.weights, outputs, targets)
+
+    def evaluate_host(self, key: Array, population: Array, generation: int = 0) -> Evaluation:
+        """Host-side evaluation for optimizees that are not JAX code."""
+        seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+        individuals = jax.tree_util.tree_map(np.asarray, self.space.to_pytree(population))
+        fitness = np.asarray(self.fn(individuals, seed), dtype=np.float64).reshape(population.shape[0], -1)
+        if self.noise_std > 0:
+            fitness = fitness + self.noise_std * np.random.default_rng(seed).normal(size=fitness.shape)
+        return make_evaluation(jnp.asarray(fitness, population.dtype), self.weights)
+
+    def evaluate(self, key: Array, population: PyTree, generation: Array | int = 0) -> Evaluation:
+        """Score a pytree population (leading axis J)."""
+        flat = self.space.to_flat(population)
+        if self.jittable:
+            return self.evaluate_flat(as_key(key), flat, generation)
+        return self.evaluate_host(as_key(key), flat, int(generation))
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+@struct.dataclass
+class NoParams:
+    """Hyperparameters of an optimizer that has none."""
+
+
+@struct.dataclass
+class OptState:
+    """State shared by every optimizer: its hyperparameters, its own state, best-so-far.
+
+    params:     hyperparameter pytree (vmap over it to run many settings at once).
+    inner:      the optimizer-specific state.
+    best_x:     (dim,) best individual seen so far (flat).
+    best_score: () its score (``-inf`` until a finite one is seen).
+    generation: () number of ``tell`` calls so far.
+    """
+
+    params: Any
+    inner: Any
+    best_x: Array
+    best_score: Array
+    generation: Array
+
+
+class Optimizer:
+    """Static configuration plus the pure functions ``init``, ``ask`` and ``tell``.
+
+    Subclasses define ``Params`` (a ``flax.struct`` dataclass of hyperparameters with
+    defaults) and implement ``_init``, ``_ask`` and ``_tell`` on flat arrays. Shared
+    mechanics live here once: pytree <-> flat conversion, bounds, best-so-far tracking,
+    NaN-safety of the score and validation of hyperparameters.
+    """
+
+    Params: type = NoParams
+    name: str = "optimizer"
+
+    def __init__(self, space: Space | Optimizee, pop_size: int):
+        self.space = space.space if isinstance(space, Optimizee) else space
+        if not isinstance(self.space, Space):
+            raise TypeError(f"expected a Space or an Optimizee, got {type(space).__name__}")
+        self.pop_size = check_positive_int(pop_size, "pop_size")
+
+    # -- hyperparameters
+    @property
+    def default_params(self) -> Any:
+        return self.Params()
+
+    def check_params(self, params: Any) -> None:
+        """Reject non-finite or out-of-range hyperparameters (only when they are concrete)."""
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            if _is_concrete(leaf) and not np.all(np.isfinite(np.asarray(leaf, dtype=np.float64))):
+                raise ValueError(f"{self.name}: hyperparameter {jax.tree_util.keystr(path)} is not finite: {leaf}")
+        self._check_params(params)
+
+    def _check_params(self, params: Any) -> None:
+        pass
+
+    # -- the protocol
+    def init(self, key: Array, params: Any = None, x0: PyTree | None = None) -> OptState:
+        """Fresh state. ``x0``: the initial individual (pytree); default: ``space.sample``."""
+        key = as_key(key)
+        params = self.default_params if params is None else params
+        self.check_params(params)
+        k_x0, k_init = jax.random.split(key)
+        if x0 is None:
+            flat_x0 = self.space.sample(k_x0)
+        else:
+            flat_x0 = ravel_pytree(x0)[0]
+            if flat_x0.shape != (self.space.dim,):
+                raise ValueError(f"x0 flattens to {flat_x0.shape}, the space has dim {self.space.dim}")
+        flat_x0 = self.space.clip(jnp.asarray(flat_x0, jnp.float32))
+        inner = self._init(k_init, flat_x0, params)
+        return OptState(params, inner, flat_x0, jnp.array(-jnp.inf, jnp.float32), jnp.array(0, jnp.int32))
+
+    def ask_flat(self, key: Array, state: OptState) -> Array:
+        population = self._ask(as_key(key), state.inner, state.params)
+        return self.space.clip(population)
+
+    def ask(self, key: Array, state: OptState) -> PyTree:
+        """The next population: a pytree whose leaves have leading axis J, within bounds."""
+        return self.space.to_pytree(self.ask_flat(key, state))
+
+    def tell_flat(self, state: OptState, population: Array, evaluation: Evaluation) -> OptState:
+        if population.ndim != 2 or population.shape[1] != self.space.dim:
+            raise ValueError(f"population of shape {population.shape} does not match (J, {self.space.dim})")
+        if evaluation.score.shape != (population.shape[0],):
+            raise ValueError(f"evaluation scores of shape {evaluation.score.shape} do not match "
+                             f"the population of {population.shape[0]} individuals")
+        score = jnp.where(jnp.isnan(evaluation.score), -jnp.inf, evaluation.score)
+        evaluation = evaluation._replace(score=score)
+        inner = self._tell(state.inner, population, evaluation, state.params)
+        i = jnp.argmax(score)
+        better = score[i] > state.best_score
+        return state.replace(
+            inner=inner,
+            best_x=jnp.where(better, population[i], state.best_x),
+            best_score=jnp.where(better, score[i], state.best_score).astype(state.best_score.dtype),
+            generation=state.generation + 1,
+        )
+
+    def tell(self, state: OptState, population: PyTree, evaluation: Evaluation) -> OptState:
+        """Update the state with the scored population (maximising ``evaluation.score``)."""
+        return self.tell_flat(state, self.space.to_flat(population), evaluation)
+
+    def diagnostics(self, state: OptState) -> dict[str, Array]:
+        """Scalars or small arrays recorded in the trajectory every generation."""
+        return {}
+
+    def best(self, state: OptState) -> PyTree:
+        return self.space.unravel(state.best_x)
+
+    # -- to implement
+    def _init(self, key: Array, x0: Array, params: Any) -> Any:
+        raise NotImplementedError
+
+    def _ask(self, key: Array, inner: Any, params: Any) -> Array:
+        raise NotImplementedError
+
+    def _tell(self, inner: Any, population: Array, evaluation: Evaluation, params: Any) -> Any:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The static configuration, for trajectory metadata."""
+        return {"name": self.name, "pop_size": self.pop_size, "dim": self.space.dim}
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_range(params: Any, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False,
+                owner: str = "") -> None:
+    """Range check of one concrete hyperparameter, skipped under tracing."""
+    value = getattr(params, name)
+    if not _is_concrete(value):
+        return
+    v = np.asarray(value, dtype=np.float64)
+    below = v <= lo if lo_open else v < lo
+    above = v >= hi if hi_open else v > hi
+    if np.any(below) or np.any(above):
+        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise ValueError(f"{owner}: {name} must lie in {lb}{lo}, {hi}{rb}, got {value}")
+
+
+def centered_ranks(score: Array) -> Array:
+    """Utilities in [-0.5, 0.5] by rank (Salimans et al. 2017); -inf scores get the lowest."""
+    n = score.shape[0]
+    ranks = jnp.argsort(jnp.argsort(score))
+    return ranks.astype(jnp.float32) / max(n - 1, 1) - 0.5

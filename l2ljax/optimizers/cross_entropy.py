@@ -1,0 +1,217 @@
+"""Cross-entropy method with a simulated-annealing acceptance of non-elite samples.
+
+Rubinstein & Kroese, *The Cross-Entropy Method* (2004); L2L ``CrossEntropyOptimizer``.
+Each generation:
+
+1. sample ``pop_size`` individuals x_i ~ p_θ;
+2. sort by score; γ = score of the ⌊rho·pop_size⌋-th best; the elite are the top ⌊rho·pop_size⌋;
+3. when ``temp_decay > 0``, a non-elite x_i is also kept with probability min(1, e^{(f_i−γ)/T});
+4. refit: θ ← smoothing·θ + (1 − smoothing)·θ_fit(kept samples); T ← T·temp_decay.
+
+L2L parameter names: ``pop_size, rho, smoothing, temp_decay, distribution`` (``n_iteration``,
+``stop_criterion`` and ``seed`` are arguments of :func:`l2ljax.run` and the key). The initial
+distribution is fitted to ``pop_size`` draws of the space's sampler (L2L: the individuals
+created by the optimizee), or is N(x0, init_std²·I) when ``init_std`` is given.
+
+Non-finite fitness: such samples score -inf and are never kept; with fewer than two usable
+samples the distribution is left unchanged.
+
+Example::
+
+    opt = CrossEntropy(problem.space, pop_size=50, distribution=Gaussian())
+    params = opt.default_params.replace(rho=0.2, smoothing=0.1)
+    state = opt.init(key, params)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_range
+
+
+class GaussianState(NamedTuple):
+    mean: jax.Array  # (dim,)
+    cov: jax.Array  # (dim, dim), or (dim,) variances when diagonal
+
+
+class Gaussian:
+    """Multivariate normal; ``diagonal=True`` keeps only variances (for large dim)."""
+
+    name = "Gaussian"
+
+    def __init__(self, diagonal: bool = False):
+        self.diagonal = diagonal
+
+    def from_moments(self, mean: jax.Array, std: jax.Array) -> GaussianState:
+        var = jnp.broadcast_to(jnp.square(std), mean.shape).astype(mean.dtype)
+        return GaussianState(mean, var if self.diagonal else jnp.diag(var))
+
+    def sample(self, key: jax.Array, state: GaussianState, n: int) -> jax.Array:
+        z = jax.random.normal(key, (n, state.mean.shape[0]), state.mean.dtype)
+        if self.diagonal:
+            return state.mean + z * jnp.sqrt(state.cov)
+        return state.mean + z @ _cholesky(state.cov).T
+
+    def fit(self, key: jax.Array, state: GaussianState, samples: jax.Array, weights: jax.Array,
+            smoothing: jax.Array) -> GaussianState:
+        """Weighted maximum-likelihood fit (unbiased), blended with the current state."""
+        total = jnp.sum(weights)
+        mean = weights @ samples / total
+        centred = (samples - mean) * jnp.sqrt(weights)[:, None]
+        denom = jnp.maximum(total - 1.0, 1.0)
+        cov = jnp.sum(jnp.square(centred), 0) / denom if self.diagonal else centred.T @ centred / denom
+        return jax.tree_util.tree_map(lambda old, new: smoothing * old + (1 - smoothing) * new,
+                                      state, GaussianState(mean, cov))
+
+    def spread(self, state: GaussianState) -> jax.Array:
+        return jnp.sqrt(state.cov if self.diagonal else jnp.diag(state.cov))
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "diagonal": self.diagonal}
+
+
+class NoisyGaussianState(NamedTuple):
+    mean: jax.Array
+    cov: jax.Array  # fitted covariance, without noise
+    noise: jax.Array  # (dim,) variance added to the diagonal when sampling
+    magnitude: jax.Array  # current noise magnitude, decays by noise_decay per fit
+
+
+class NoisyGaussian(Gaussian):
+    """Gaussian whose sampling covariance gets extra diagonal variance that decays over time.
+
+    After each fit, noise_i = |N(0, (magnitude·coordinate_scale_i)²)| is added to the i-th
+    variance used for sampling (not to the fitted covariance), then magnitude ← magnitude ·
+    noise_decay. Keeps CE from collapsing early (L2L ``NoisyGaussian`` parameters
+    ``noise_magnitude=1, coordinate_scale=None (=1), noise_decay=0.95``).
+    """
+
+    name = "NoisyGaussian"
+
+    def __init__(self, noise_magnitude: float = 1.0, coordinate_scale: Any = None, noise_decay: float = 0.95,
+                 diagonal: bool = False):
+        super().__init__(diagonal)
+        if not (noise_magnitude >= 0 and 0 <= noise_decay <= 1):
+            raise ValueError(f"NoisyGaussian needs noise_magnitude >= 0 and noise_decay in [0, 1], "
+                             f"got {noise_magnitude}, {noise_decay}")
+        self.noise_magnitude, self.noise_decay = float(noise_magnitude), float(noise_decay)
+        self.coordinate_scale = 1.0 if coordinate_scale is None else tuple(map(float, jnp.ravel(
+            jnp.asarray(coordinate_scale))))
+
+    def from_moments(self, mean: jax.Array, std: jax.Array) -> NoisyGaussianState:
+        base = super().from_moments(mean, std)
+        return NoisyGaussianState(base.mean, base.cov, jnp.zeros_like(mean),
+                                  jnp.asarray(self.noise_magnitude, mean.dtype))
+
+    def _noisy(self, state: NoisyGaussianState) -> GaussianState:
+        cov = state.cov + state.noise if self.diagonal else state.cov + jnp.diag(state.noise)
+        return GaussianState(state.mean, cov)
+
+    def sample(self, key: jax.Array, state: NoisyGaussianState, n: int) -> jax.Array:
+        return super().sample(key, self._noisy(state), n)
+
+    def fit(self, key: jax.Array, state: NoisyGaussianState, samples: jax.Array, weights: jax.Array,
+            smoothing: jax.Array) -> NoisyGaussianState:
+        base = super().fit(key, GaussianState(state.mean, state.cov), samples, weights, smoothing)
+        scale = jnp.broadcast_to(jnp.asarray(self.coordinate_scale, samples.dtype), state.mean.shape)
+        noise = jnp.abs(state.magnitude * scale * jax.random.normal(key, state.mean.shape, samples.dtype))
+        return NoisyGaussianState(base.mean, base.cov, noise, state.magnitude * self.noise_decay)
+
+    def spread(self, state: NoisyGaussianState) -> jax.Array:
+        return super().spread(self._noisy(state))
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "noise_magnitude": self.noise_magnitude,
+                "coordinate_scale": self.coordinate_scale, "noise_decay": self.noise_decay}
+
+
+def _cholesky(cov: jax.Array) -> jax.Array:
+    """Cholesky factor with a jitter relative to the scale, so a collapsed elite stays samplable."""
+    dim = cov.shape[0]
+    jitter = 1e-10 * (jnp.trace(cov) / dim + 1e-30)
+    return jnp.linalg.cholesky(cov + jitter * jnp.eye(dim, dtype=cov.dtype))
+
+
+@struct.dataclass
+class CrossEntropyParams:
+    rho: float = 0.2
+    smoothing: float = 0.0
+    temp_decay: float = 0.0
+    temperature: float = 1.0
+
+
+class CrossEntropyState(NamedTuple):
+    dist: Any
+    gamma: jax.Array  # elite threshold score of the last generation
+    temperature: jax.Array
+    key: jax.Array  # for the acceptance draws in tell
+
+
+class CrossEntropy(Optimizer):
+    name = "CrossEntropy"
+    Params = CrossEntropyParams
+
+    def __init__(self, space: Space | Optimizee, pop_size: int = 30, distribution: Any = None,
+                 init_std: float | None = None):
+        super().__init__(space, pop_size)
+        self.distribution = Gaussian() if distribution is None else distribution
+        if init_std is not None and not init_std > 0:
+            raise ValueError(f"init_std must be positive, got {init_std}")
+        self.init_std = init_std
+
+    def _check_params(self, params: CrossEntropyParams) -> None:
+        check_range(params, "rho", 0.0, 1.0, lo_open=True, owner=self.name)
+        check_range(params, "smoothing", 0.0, 1.0, hi_open=True, owner=self.name)
+        check_range(params, "temp_decay", 0.0, 1.0, owner=self.name)
+        check_range(params, "temperature", 0.0, float("inf"), lo_open=True, owner=self.name)
+        rho = params.rho
+        if not isinstance(rho, jax.core.Tracer) and int(float(jnp.max(jnp.asarray(rho))) * self.pop_size) < 1:
+            raise ValueError(f"{self.name}: rho * pop_size must be at least 1, got {rho} * {self.pop_size}")
+
+    def _init(self, key: jax.Array, x0: jax.Array, params: CrossEntropyParams) -> CrossEntropyState:
+        k_dist, k_state = jax.random.split(key)
+        if self.init_std is not None:
+            dist = self.distribution.from_moments(x0, jnp.asarray(self.init_std, x0.dtype))
+        else:
+            samples = self.space.clip(jax.vmap(self.space.sample)(jax.random.split(k_dist, self.pop_size)))
+            fitted = self.distribution.from_moments(x0, jnp.ones_like(x0))
+            dist = self.distribution.fit(k_state, fitted, samples.astype(x0.dtype), jnp.ones(self.pop_size, x0.dtype),
+                                         jnp.asarray(0.0, x0.dtype))
+        return CrossEntropyState(dist, jnp.array(-jnp.inf, jnp.float32),
+                                 jnp.asarray(params.temperature, jnp.float32), k_state)
+
+    def _ask(self, key: jax.Array, inner: CrossEntropyState, params: CrossEntropyParams) -> jax.Array:
+        return self.distribution.sample(key, inner.dist, self.pop_size)
+
+    def _tell(self, inner: CrossEntropyState, population: jax.Array, evaluation: Evaluation,
+              params: CrossEntropyParams) -> CrossEntropyState:
+        score = evaluation.score
+        valid = jnp.isfinite(score)
+        n_elite = jnp.maximum(jnp.floor(params.rho * self.pop_size).astype(jnp.int32), 1)
+        order = jnp.argsort(-score)  # -inf last
+        rank = jnp.empty_like(order).at[order].set(jnp.arange(self.pop_size))
+        n_elite = jnp.minimum(n_elite, jnp.sum(valid))
+        gamma = score[order[jnp.maximum(n_elite - 1, 0)]]
+        elite = (rank < n_elite) & valid
+        key, k_accept, k_fit = jax.random.split(inner.key, 3)
+        accept_prob = jnp.exp(jnp.minimum((score - gamma) / inner.temperature, 0.0))
+        accepted = (jax.random.uniform(k_accept, score.shape) < accept_prob) & valid & (params.temp_decay > 0)
+        kept = (elite | accepted).astype(population.dtype)
+        refit = self.distribution.fit(k_fit, inner.dist, population, kept, jnp.asarray(params.smoothing, population.dtype))
+        usable = jnp.sum(kept) >= 2
+        dist = jax.tree_util.tree_map(lambda new, old: jnp.where(usable, new, old), refit, inner.dist)
+        return CrossEntropyState(dist, jnp.where(usable, gamma, inner.gamma),
+                                 inner.temperature * jnp.where(params.temp_decay > 0, params.temp_decay, 1.0), key)
+
+    def diagnostics(self, state: Any) -> dict[str, jax.Array]:
+        inner = state.inner
+        spread = self.distribution.spread(inner.dist)
+        return {"gamma": inner.gamma, "temperature": inner.temperature, "mean_spread": jnp.mean(spread)}
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "distribution": self.distribution.config(), "init_std": self.init_std}

@@ -1,0 +1,286 @@
+"""Running the two loops: one generation is a pure ``step``; ``run`` repeats it.
+
+``run`` advances the optimization in chunks: each chunk is one jitted ``lax.scan`` of
+``step``; between chunks the host writes the trajectory, the checkpoint and calls callbacks.
+``chunk_size=n_generations`` is the fully-jitted path; ``chunk_size=1`` is the host loop.
+Both call the same ``step`` with the same keys (generation g uses ``fold_in(run_key, g)``),
+so they produce the same numbers, and a resumed run continues exactly where it stopped.
+
+Example::
+
+    problem = l2ljax.functions.optimizee("rosenbrock", dim=2)
+    opt = l2ljax.CrossEntropy(problem, pop_size=64)
+    result = l2ljax.run(opt, problem, jax.random.key(0), n_generations=100)
+    result.best, result.best_fitness
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from l2ljax import trajectory as traj
+from l2ljax.core import Evaluation, Optimizee, Optimizer, OptState, as_key, check_positive_int
+
+Record = dict[str, Any]
+Callback = Callable[[Record, OptState], Any]
+
+
+class RunResult(NamedTuple):
+    """What ``run`` returns. ``trajectory`` holds every generation run so far (resumed ones too)."""
+
+    state: OptState
+    trajectory: dict[str, np.ndarray]
+    best: Any
+    best_score: float
+    best_fitness: np.ndarray
+    generations: int
+    stopped_early: bool
+
+
+def generation_keys(run_key: jax.Array, generation: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The (ask, evaluate) keys of one generation: a pure function of the run key and its index."""
+    k_ask, k_eval = jax.random.split(jax.random.fold_in(run_key, generation))
+    return k_ask, k_eval
+
+
+def _record(optimizer: Optimizer, state: OptState, population: jax.Array, evaluation: Evaluation,
+            generation: jax.Array, keep_population: bool) -> Record:
+    record = {
+        "generation": generation,
+        "fitness": evaluation.fitness,
+        "score": evaluation.score,
+        "best_score": state.best_score,
+        "best_x": state.best_x,
+    }
+    if keep_population:
+        record["population"] = population
+    for name, value in optimizer.diagnostics(state).items():
+        record[f"diag/{name}"] = jnp.asarray(value)
+    return record
+
+
+def make_step(optimizer: Optimizer, optimizee: Optimizee, *, keep_population: bool = True
+              ) -> Callable[[OptState, jax.Array], tuple[OptState, Record]]:
+    """One generation as a pure function ``step(state, run_key) -> (state, record)``."""
+    if not optimizee.jittable:
+        raise ValueError(f"{optimizee.name} is not jittable: use run(...), which evaluates it on the host")
+
+    def step(state: OptState, run_key: jax.Array) -> tuple[OptState, Record]:
+        k_ask, k_eval = generation_keys(run_key, state.generation)
+        population = optimizer.ask_flat(k_ask, state)
+        evaluation = optimizee.evaluate_flat(k_eval, population, state.generation)
+        new_state = optimizer.tell_flat(state, population, evaluation)
+        return new_state, _record(optimizer, new_state, population, evaluation, state.generation,
+                                  keep_population)
+
+    return step
+
+
+def _scan_chunk(step: Callable, stop_criterion: float | None) -> Callable:
+    """Jitted ``lax.scan`` of ``length`` generations; generations after a stop are skipped."""
+
+    def chunk(state: OptState, run_key: jax.Array, length: int) -> tuple[OptState, Record, jax.Array]:
+        blank = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                       jax.eval_shape(step, state, run_key)[1])
+
+        def body(carry: tuple[OptState, jax.Array], _: None):
+            state, stopped = carry
+            new_state, record = jax.lax.cond(stopped, lambda s: (s, blank), lambda s: step(s, run_key), state)
+            active = ~stopped
+            if stop_criterion is not None:
+                stopped = stopped | (new_state.best_score >= stop_criterion)
+            return (new_state, stopped), (record, active)
+
+        (state, _), (records, active) = jax.lax.scan(body, (state, jnp.array(False)), None, length=length)
+        return state, records, active
+
+    return jax.jit(chunk, static_argnums=2)
+
+
+def _host_step(optimizer: Optimizer, optimizee: Optimizee, keep_population: bool) -> Callable:
+    """One generation for optimizees that are not JAX code: ask/tell jitted, evaluation on the host."""
+    ask = jax.jit(optimizer.ask_flat)
+    tell = jax.jit(optimizer.tell_flat)
+    record = jax.jit(lambda s, p, e, g: _record(optimizer, s, p, e, g, keep_population))
+
+    def chunk(state: OptState, run_key: jax.Array, length: int):
+        assert length == 1
+        k_ask, k_eval = generation_keys(run_key, state.generation)
+        population = ask(k_ask, state)
+        evaluation = optimizee.evaluate_host(k_eval, population, int(state.generation))
+        new_state = tell(state, population, evaluation)
+        rec = record(new_state, population, evaluation, state.generation)
+        return new_state, jax.tree_util.tree_map(lambda x: x[None], rec), jnp.ones(1, bool)
+
+    return chunk
+
+
+def run(
+    optimizer: Optimizer,
+    optimizee: Optimizee,
+    key: jax.Array,
+    n_generations: int,
+    *,
+    params: Any = None,
+    x0: Any = None,
+    state: OptState | None = None,
+    directory: str | Path | None = None,
+    resume: bool = False,
+    chunk_size: int | None = None,
+    callbacks: Sequence[Callback] = (),
+    stop_criterion: float | None = None,
+    progress: bool = False,
+    keep_population: bool = True,
+) -> RunResult:
+    """Optimise ``optimizee`` with ``optimizer`` for up to ``n_generations`` generations.
+
+    key:            the run's key; ``init`` and every generation derive their keys from it.
+    params, x0:     passed to ``optimizer.init`` (ignored when ``state`` is given).
+    directory:      write ``meta.json``, the trajectory and a checkpoint after every chunk.
+    resume:         continue from the checkpoint in ``directory`` (same numbers as an
+                    uninterrupted run); without it, a non-empty ``directory`` is an error.
+    chunk_size:     generations per jitted scan between host interactions. Default: the
+                    whole run, or 1 when callbacks are given, or ~1% of the run when writing
+                    to a directory or showing progress. An interruption loses at most the
+                    chunk in flight.
+    callbacks:      ``cb(record, state)`` per generation (numpy record); returning True stops.
+    stop_criterion: stop once ``best_score >= stop_criterion`` (score = fitness · weights, so
+                    with weight -1, ``-1e-3`` means "stop when f <= 1e-3"). L2L's parameter.
+    progress:       a progress line on stderr.
+    keep_population: record the whole population each generation (J × dim floats).
+    """
+    n_generations = check_positive_int(n_generations, "n_generations")
+    if stop_criterion is not None and math.isnan(float(stop_criterion)):
+        raise ValueError("stop_criterion is NaN")
+    k_init, run_key = jax.random.split(as_key(key))
+    if state is None:
+        state = optimizer.init(k_init, params, x0)
+    callbacks = list(callbacks)
+    if progress:
+        callbacks.append(ProgressBar(n_generations))
+    if chunk_size is None:
+        if callbacks and not progress or not optimizee.jittable:
+            chunk_size = 1
+        elif directory is not None or progress:
+            chunk_size = max(1, n_generations // 100)
+        else:
+            chunk_size = n_generations
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+
+    history: list[Record] = []
+    generation = int(state.generation)
+    if directory is not None:
+        directory = Path(directory)
+        meta = _run_meta(optimizer, optimizee, n_generations, keep_population)
+        state, run_key, generation, history = _open_directory(directory, meta, state, run_key, resume)
+
+    if optimizee.jittable:
+        chunk = _scan_chunk(make_step(optimizer, optimizee, keep_population=keep_population), stop_criterion)
+    else:
+        chunk, chunk_size = _host_step(optimizer, optimizee, keep_population), 1
+
+    stopped = stop_criterion is not None and float(state.best_score) >= stop_criterion and generation > 0
+    while generation < n_generations and not stopped:
+        length = min(chunk_size, n_generations - generation)
+        state, records, active = chunk(state, run_key, length)
+        n_active = int(np.sum(active))
+        records = {name: np.asarray(value)[:n_active] for name, value in records.items()}
+        stopped = n_active < length or (
+            stop_criterion is not None and float(state.best_score) >= stop_criterion)
+        if directory is not None:
+            traj.write_chunk(directory, generation, records)
+            traj.save_checkpoint(directory, state, run_key, generation + n_active)
+        history.append(records)
+        generation += n_active
+        for i in range(n_active):
+            one = {name: value[i] for name, value in records.items()}
+            if any([bool(cb(one, state)) for cb in callbacks]):
+                stopped = True
+    for cb in callbacks:
+        if hasattr(cb, "close"):
+            cb.close()
+
+    trajectory = {name: np.concatenate([h[name] for h in history]) for name in history[0]} if history else {}
+    best_fitness = np.full(optimizee.n_objectives, np.nan)
+    if trajectory and np.isfinite(trajectory["score"]).any():
+        g, j = np.unravel_index(np.argmax(trajectory["score"]), trajectory["score"].shape)
+        best_fitness = trajectory["fitness"][g, j]
+    return RunResult(state, trajectory, optimizer.best(state), float(state.best_score), best_fitness,
+                     generation, bool(stopped and generation < n_generations))
+
+
+def _run_meta(optimizer: Optimizer, optimizee: Optimizee, n_generations: int, keep_population: bool) -> dict:
+    from l2ljax import __version__
+
+    return {
+        "l2ljax_version": __version__,
+        "jax_version": jax.__version__,
+        "optimizer": optimizer.config(),
+        "optimizee": {"name": optimizee.name, "dim": optimizee.space.dim, "weights": optimizee.weights,
+                      "noise_std": optimizee.noise_std, "lower": optimizee.space.lower,
+                      "upper": optimizee.space.upper, **optimizee.info},
+        "n_generations": n_generations,
+        "keep_population": keep_population,
+    }
+
+
+def _open_directory(directory: Path, meta: dict, state: OptState, run_key: jax.Array, resume: bool):
+    """Start a fresh run directory or resume the one there; refuse to overwrite results."""
+    if traj.has_checkpoint(directory):
+        if not resume:
+            raise FileExistsError(f"{directory} already holds a run: pass resume=True to continue it, "
+                                  "or choose another directory")
+        stored = traj.read_meta(directory)
+        for field in ("optimizer", "optimizee", "keep_population"):
+            if _normalise(stored.get(field)) != _normalise(meta[field]):
+                raise ValueError(f"cannot resume {directory}: its {field} differs from this run's "
+                                 f"({stored.get(field)} vs {meta[field]})")
+        state, run_key, generation = traj.load_checkpoint(directory, state)
+        traj.drop_chunks_from(directory, generation)
+        history = [traj.load_trajectory(directory)] if traj.chunk_files(directory) else []
+        traj.write_meta(directory, meta)
+        return state, run_key, generation, history
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory} is not empty and holds no checkpoint: choose an empty directory")
+    traj.write_meta(directory, meta)
+    return state, run_key, int(state.generation), []
+
+
+def _normalise(x: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(x, default=traj._jsonable))
+
+
+class ProgressBar:
+    """A one-line progress display on stderr: generation, best score, speed."""
+
+    def __init__(self, total: int, stream: Any = None, every_seconds: float = 0.5):
+        self.total, self.stream, self.every = total, stream or sys.stderr, every_seconds
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, record: Record, state: OptState) -> None:
+        now = time.perf_counter()
+        done = int(record["generation"]) + 1
+        if now - self.last < self.every and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        width = 30
+        filled = int(width * done / self.total)
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+                          f"best score {float(record['best_score']):.6g}  {rate:.1f} gen/s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()

@@ -1,0 +1,163 @@
+"""Run directories: the trajectory, readable with numpy alone, and exact-resume checkpoints.
+
+Layout of a run directory::
+
+    meta.json                     what ran: optimizer, optimizee, sizes, fields (plain JSON)
+    trajectory/chunk_00000000.npz generations [0, n) as arrays with leading axis = generation
+    trajectory/chunk_00000050.npz generations [50, ...) ...
+    checkpoint.npz                optimizer state leaves (by pytree path), run key, generation
+
+Every file is written to a temporary name and renamed into place, so a crash never leaves a
+half-written file; a chunk is written before the checkpoint that follows it, and resuming
+drops chunks the checkpoint does not cover. Without l2ljax::
+
+    import glob, numpy as np
+    chunks = [np.load(f) for f in sorted(glob.glob("run/trajectory/chunk_*.npz"))]
+    fitness = np.concatenate([c["fitness"] for c in chunks])   # (generations, J, n_obj)
+
+Fields: ``generation`` (G,), ``fitness`` (G, J, n_obj), ``score`` (G, J), ``best_score`` (G,),
+``best_x`` (G, dim), ``population`` (G, J, dim) unless disabled, and ``diag/<name>`` for the
+optimizer's diagnostics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+CHUNK_DIR = "trajectory"
+CHECKPOINT = "checkpoint.npz"
+META = "meta.json"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, write: Any, suffix: str = "") -> None:
+    """Call ``write(file_object)`` on a temporary file in the same folder, fsync, rename into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    payload = json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2, default=_jsonable).encode()
+    atomic_write(Path(directory) / META, lambda f: f.write(payload))
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / META).read_text())
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray | jax.Array):
+        return np.asarray(x).tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    return str(x)
+
+
+def chunk_path(directory: Path, start: int) -> Path:
+    return Path(directory) / CHUNK_DIR / f"chunk_{start:08d}.npz"
+
+
+def chunk_files(directory: Path) -> list[tuple[int, Path]]:
+    folder = Path(directory) / CHUNK_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(p.stem.split("_")[1]), p) for p in folder.glob("chunk_*.npz")]
+    return sorted(found)
+
+
+def write_chunk(directory: Path, start: int, records: dict[str, np.ndarray]) -> None:
+    save_npz(chunk_path(directory, start), records)
+
+
+def drop_chunks_from(directory: Path, generation: int) -> None:
+    """Remove chunks starting at or after ``generation`` (not covered by the checkpoint)."""
+    for start, path in chunk_files(directory):
+        if start >= generation:
+            path.unlink()
+
+
+def load_trajectory(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All chunks of a run directory concatenated along the generation axis."""
+    files = chunk_files(Path(directory))
+    if not files:
+        raise FileNotFoundError(f"no trajectory chunks in {Path(directory) / CHUNK_DIR}")
+    parts: dict[str, list[np.ndarray]] = {}
+    for _, path in files:
+        with np.load(path, allow_pickle=False) as chunk:
+            for name in chunk.files:
+                parts.setdefault(name, []).append(chunk[name])
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _leaf_name(path: Any) -> str:
+    return "state" + jax.tree_util.keystr(path)
+
+
+def _key_to_array(key: jax.Array) -> np.ndarray:
+    if jax.numpy.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(key))
+    return np.asarray(key)
+
+
+def save_checkpoint(directory: str | os.PathLike, state: Any, key: jax.Array, generation: int) -> None:
+    """Write the full pytree state, the run key and the generation count atomically."""
+    arrays = {_leaf_name(p): np.asarray(_key_to_array(leaf) if _is_key(leaf) else leaf)
+              for p, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+    arrays["__key__"] = _key_to_array(key)
+    arrays["__generation__"] = np.asarray(generation, np.int64)
+    save_npz(Path(directory) / CHECKPOINT, arrays)
+
+
+def _is_key(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") and jax.numpy.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def load_checkpoint(directory: str | os.PathLike, like_state: Any) -> tuple[Any, jax.Array, int]:
+    """Restore ``(state, key, generation)``; ``like_state`` (a fresh ``init``) gives the structure."""
+    path = Path(directory) / CHECKPOINT
+    with np.load(path, allow_pickle=False) as ckpt:
+        stored = {name: ckpt[name] for name in ckpt.files}
+    leaves = []
+    for p, like in jax.tree_util.tree_flatten_with_path(like_state)[0]:
+        name = _leaf_name(p)
+        if name not in stored:
+            raise ValueError(f"checkpoint {path} has no entry {name}: it was written by a different optimizer")
+        value = stored[name]
+        if _is_key(like):
+            leaves.append(jax.random.wrap_key_data(value))
+            continue
+        if value.shape != np.shape(like):
+            raise ValueError(f"checkpoint entry {name} has shape {value.shape}, expected {np.shape(like)}")
+        leaves.append(jax.numpy.asarray(value, dtype=like.dtype))
+    state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like_state), leaves)
+    key = jax.random.wrap_key_data(stored["__key__"])
+    return state, key, int(stored["__generation__"])
+
+
+def has_checkpoint(directory: str | os.PathLike) -> bool:
+    return (Path(directory) / CHECKPOINT).is_file()

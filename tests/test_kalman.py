@@ -1,0 +1,348 @@
+"""Tests for l2ljax.kalman against an independent float64 numpy implementation of EKI."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from l2ljax import kalman
+
+# --------------------------------------------------------------------------- numpy reference
+
+
+def ref_update(U, G, Y, noise, step_size=1.0):
+    """EKI step written out: explicit C_pp, C_up (1/J), one np.linalg.solve per member.
+
+    ``Y`` is the (J, M) matrix of per-member observations y_j (deterministic: y repeated).
+    """
+    U, G, Y = (np.asarray(a, np.float64) for a in (U, G, Y))
+    J, M = G.shape
+    Gamma = noise * np.eye(M) if np.ndim(noise) == 0 else np.asarray(noise, np.float64)
+    u_bar, g_bar = U.mean(axis=0), G.mean(axis=0)
+    C_pp = sum(np.outer(G[j] - g_bar, G[j] - g_bar) for j in range(J)) / J
+    C_up = sum(np.outer(U[j] - u_bar, G[j] - g_bar) for j in range(J)) / J
+    S = C_pp + Gamma / step_size
+    return np.stack([U[j] + C_up @ np.linalg.solve(S, Y[j] - G[j]) for j in range(J)])
+
+
+def ref_sequential(U, G, y, noise):
+    """L2L's LOD loop: per sample d, C_pp from the stale G[:, d], C_up from the current ensemble."""
+    for d in range(G.shape[1]):
+        U = ref_update(U, G[:, d], np.broadcast_to(y[d], G[:, d].shape), noise)
+    return U
+
+
+def problem(seed, J, P, M, *, full=False, dtype=np.float64):
+    """Random ensemble with outputs correlated to the parameters, observation and noise."""
+    rng = np.random.default_rng(seed)
+    U = rng.normal(size=(J, P))
+    W = rng.normal(size=(P, M)) / np.sqrt(P)
+    G = np.tanh(U @ W) + 0.1 * rng.normal(size=(J, M))
+    y = rng.normal(size=M)
+    if full:
+        Q = rng.normal(size=(M, M))
+        noise = Q @ Q.T / M + 0.1 * np.eye(M)
+    else:
+        noise = 0.3
+    cast = partial(np.asarray, dtype=dtype)
+    return cast(U), cast(G), cast(y), (cast(noise) if full else noise)
+
+
+def rel_err(a, b, ref_point):
+    """Relative error of the increments a - ref_point vs b - ref_point."""
+    da, db = np.asarray(a, np.float64) - ref_point, np.asarray(b, np.float64) - ref_point
+    return np.linalg.norm(da - db) / np.linalg.norm(db)
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+KEY = jax.random.key(0)
+SHAPES = [(50, 30, 20), (20, 40, 60)]  # J > M (observation form) and J < M (ensemble form)
+
+# --------------------------------------------------------------------------- one update
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["scalar", "full"])
+@pytest.mark.parametrize("form", ["auto", "ensemble", "observation"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "J{}P{}M{}".format(*s))
+def test_update_matches_numpy_float64(x64, shape, form, full):
+    U, G, y, noise = problem(1, *shape, full=full)
+    out = kalman.eki_update(KEY, U, G, y, noise, form=form)
+    assert out.dtype == jnp.float64
+    ref = ref_update(U, G, np.broadcast_to(y, G.shape), noise)
+    assert rel_err(out, ref, U) < 1e-9
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["scalar", "full"])
+def test_step_size_divides_noise(x64, full):
+    U, G, y, noise = problem(2, 30, 12, 8, full=full)
+    out = kalman.eki_update(KEY, U, G, y, noise, step_size=0.25)
+    ref = ref_update(U, G, np.broadcast_to(y, G.shape), noise, step_size=0.25)
+    assert rel_err(out, ref, U) < 1e-9
+    assert rel_err(kalman.eki_update(KEY, U, G, y, noise), ref, U) > 1e-2  # h matters
+
+
+def test_nonzero_scalar_gamma_is_used(x64):
+    """L2L's bug: a nonzero scalar γ became 0. Here γ = 1 must differ from γ → 0 and match numpy."""
+    U, G, y, _ = problem(3, 50, 30, 20)
+    Y = np.broadcast_to(y, G.shape)
+    one = kalman.eki_update(KEY, U, G, y, 1.0)
+    tiny = kalman.eki_update(KEY, U, G, y, 1e-8)
+    assert rel_err(one, ref_update(U, G, Y, 1.0), U) < 1e-9
+    assert rel_err(tiny, ref_update(U, G, Y, 1e-8), U) < 1e-6
+    assert rel_err(one, tiny, U) > 0.1
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["scalar", "full"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "J{}P{}M{}".format(*s))
+def test_forms_agree_float32(shape, full):
+    """Both forms in float32. The increments agree to ~1e-6 here (systems with condition number
+    ~1e2, J·M-term sums); 2e-4 leaves room for other BLAS orderings."""
+    U, G, y, noise = problem(4, *shape, full=full, dtype=np.float32)
+    for stochastic in (False, True):
+        run = partial(kalman.eki_update, KEY, U, G, y, noise, stochastic=stochastic)
+        ens, obs = run(form="ensemble"), run(form="observation")
+        assert ens.dtype == jnp.float32
+        assert rel_err(ens, obs, U) < 2e-4
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+@pytest.mark.parametrize("form", ["ensemble", "observation"])
+def test_jit_matches_eager(form, stochastic):
+    U, G, y, noise = problem(5, 20, 10, 15, full=True, dtype=np.float32)
+    update = partial(kalman.eki_update, stochastic=stochastic, form=form)
+    eager = update(KEY, U, G, y, noise, step_size=0.5)
+    jitted = jax.jit(update)(KEY, U, G, y, noise, step_size=0.5)
+    np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- stochastic mode
+
+
+@pytest.mark.parametrize("form", ["ensemble", "observation"])
+def test_stochastic_reproducible_and_key_dependent(x64, form):
+    U, G, y, noise = problem(6, 30, 12, 8, full=True)
+    run = partial(kalman.eki_update, U=U, G=G, y=y, noise=noise, stochastic=True, form=form)
+    a, b, c = run(jax.random.key(7)), run(jax.random.key(7)), run(jax.random.key(8))
+    np.testing.assert_array_equal(a, b)
+    assert rel_err(a, c, U) > 1e-2
+    assert rel_err(a, kalman.eki_update(KEY, U, G, y, noise, form=form), U) > 1e-2
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["scalar", "full"])
+def test_stochastic_tends_to_deterministic_as_noise_vanishes(x64, full):
+    U, G, y, noise = problem(7, 50, 30, 20, full=full)
+    noise = noise * 1e-10
+    det = kalman.eki_update(KEY, U, G, y, noise)
+    sto = kalman.eki_update(KEY, U, G, y, noise, stochastic=True)
+    assert rel_err(sto, det, U) < 1e-3
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["scalar", "full"])
+def test_perturbations_have_covariance_noise_over_h(x64, full):
+    """Recover η_j from the stochastic update and check η ~ N(0, Γ/h).
+
+    The update is linear in y_j: ΔU_sto - ΔU_det = η S⁻¹ C_upᵀ, and C_upᵀ (M, P) has full row
+    rank here (P > M), so η = (ΔU_sto - ΔU_det) pinv(C_upᵀ) S.
+    """
+    J, P, M, h = 4000, 6, 3, 0.5
+    U, G, y, noise = problem(8, J, P, M, full=full)
+    det = np.asarray(kalman.eki_update(KEY, U, G, y, noise, step_size=h))
+    sto = np.asarray(kalman.eki_update(KEY, U, G, y, noise, step_size=h, stochastic=True))
+    Gc, Uc = G - G.mean(0), U - U.mean(0)
+    Gamma = noise * np.eye(M) if np.ndim(noise) == 0 else noise
+    S = Gc.T @ Gc / J + Gamma / h
+    eta = (sto - det) @ np.linalg.pinv(Gc.T @ Uc / J) @ S
+    assert np.all(np.abs(eta.mean(0)) < 4 * np.sqrt(np.diag(Gamma / h) / J))
+    cov = np.cov(eta.T)
+    assert np.linalg.norm(cov - Gamma / h) / np.linalg.norm(Gamma / h) < 0.1
+
+
+# --------------------------------------------------------------------------- convergence
+
+
+@pytest.mark.parametrize("form", ["ensemble", "observation"])
+def test_linear_inverse_problem_converges_to_least_squares(form):
+    """G(u) = A u, y = A u* + noise: deterministic EKI's mean converges to the LSQ solution.
+
+    Float32, 50 jitted iterations (scan). EKI's mean stays in ū₀ + span(anomalies) = ℝ^P here
+    (J = 60 > P), and for linear G it is a Levenberg-Marquardt-like iteration on ‖y - Au‖²
+    with a shrinking prior covariance, so it tends to argmin ‖y - Au‖.
+    """
+    J, P, M, n_iter = 60, 10, 30, 50
+    rng = np.random.default_rng(9)
+    A = rng.normal(size=(M, P)).astype(np.float32)
+    u_star = rng.normal(size=P).astype(np.float32)
+    y = (A @ u_star + 0.01 * rng.normal(size=M)).astype(np.float32)
+    u_lsq = np.linalg.lstsq(A.astype(np.float64), y.astype(np.float64), rcond=None)[0]
+    U0 = jnp.asarray(rng.normal(size=(J, P)), jnp.float32)
+
+    def step(U, key):
+        G = U @ A.T
+        U = kalman.eki_update(key, U, G, y, 0.01, form=form)
+        return U, (kalman.misfit(U @ A.T, y), kalman.ensemble_spread(U))
+
+    U, (misfits, spreads) = jax.jit(lambda U: jax.lax.scan(step, U, jax.random.split(KEY, n_iter)))(U0)
+    u_mean = np.asarray(U.mean(0), np.float64)
+    initial = float(kalman.misfit(U0 @ A.T, y))
+    assert np.linalg.norm(u_mean - u_lsq) / np.linalg.norm(u_lsq) < 1e-3
+    assert misfits[-1] < 1e-2 * initial
+    assert np.all(np.diff(np.asarray(misfits)[5:]) <= 1e-6 + 1e-3 * np.asarray(misfits)[5:-1])
+    assert np.all(np.isfinite(spreads)) and spreads[-1] < spreads[0] < float(kalman.ensemble_spread(U0))
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def _broken(G):
+    G = np.array(G)
+    G[3] = np.nan
+    G[7, 2] = np.inf
+    G[11, :] = -np.inf
+    G[20, 0] = np.nan
+    bad = np.zeros(G.shape[0], bool)
+    bad[[3, 7, 11, 20]] = True
+    return G, bad
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+@pytest.mark.parametrize("form", ["ensemble", "observation"])
+def test_failed_members_are_excluded_and_resampled(x64, form, stochastic):
+    U, G, y, noise = problem(10, 40, 15, 8, full=True)
+    G, bad = _broken(G)
+    out = np.asarray(kalman.eki_update(KEY, U, G, y, noise, form=form, stochastic=stochastic))
+    assert np.all(np.isfinite(out))
+    if not stochastic:  # the valid members see exactly the update of the valid subset
+        ref = ref_update(U[~bad], G[~bad], np.broadcast_to(y, G[~bad].shape), noise)
+        assert rel_err(out[~bad], ref, U[~bad]) < 1e-9
+    alive = out[~bad]
+    mean, std = alive.mean(0), alive.std(0)
+    assert np.all(np.abs(out[bad] - mean) < 6 * std)
+    assert not np.allclose(out[bad], U[bad])
+
+
+def test_valid_mask_and_nan_parameters(x64):
+    """A user mask removes members like a failure; NaN parameters of a failed member stay out."""
+    U, G, y, noise = problem(11, 30, 12, 8)
+    bad = np.zeros(30, bool)
+    bad[[0, 5]] = True
+    U_nan = U.copy()
+    U_nan[5] = np.nan
+    out = np.asarray(kalman.eki_update(KEY, U_nan, G, y, noise, valid=~bad, form="observation"))
+    ref = ref_update(U[~bad], G[~bad], np.broadcast_to(y, G[~bad].shape), noise)
+    assert np.all(np.isfinite(out))
+    assert rel_err(out[~bad], ref, U[~bad]) < 1e-9
+    with pytest.raises(ValueError, match="valid"):
+        kalman.eki_update(KEY, U, G, y, noise, valid=np.ones(29, bool))
+
+
+@pytest.mark.parametrize("n_valid", [0, 1])
+def test_fewer_than_two_valid_members_leaves_ensemble_unchanged(x64, n_valid):
+    U, G, y, noise = problem(12, 10, 5, 4)
+    G = np.array(G)
+    G[n_valid:] = np.nan
+    for form in ("ensemble", "observation"):
+        np.testing.assert_array_equal(kalman.eki_update(KEY, U, G, y, noise, form=form), U)
+
+
+# --------------------------------------------------------------------------- sample-sequential
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["scalar", "full"])
+@pytest.mark.parametrize("form", ["auto", "ensemble", "observation"])
+def test_sequential_matches_l2l_loop(x64, form, full):
+    J, P, B, K = 30, 25, 6, 10
+    rng = np.random.default_rng(13)
+    U, _, _, noise = problem(13, J, P, K, full=full)
+    G = np.tanh(U @ rng.normal(size=(P, B * K)) / 5).reshape(J, B, K) + 0.1 * rng.normal(size=(J, B, K))
+    y = np.eye(K)[rng.integers(0, K, size=B)]  # one-hot targets
+    out = kalman.eki_update_sequential(KEY, U, G, y, noise, form=form)
+    ref = ref_sequential(U, G, y, noise)
+    assert rel_err(out, ref, U) < 1e-9
+    by_hand = U
+    for d in range(B):
+        by_hand = kalman.eki_update(KEY, by_hand, G[:, d], y[d], noise, form=form)
+    assert rel_err(out, by_hand, U) < 1e-9
+    whole_batch = kalman.eki_update(KEY, U, G.reshape(J, B * K), y.reshape(-1),
+                                    noise if not full else np.kron(np.eye(B), noise))
+    assert rel_err(out, whole_batch, U) > 1e-2  # sequential is a different algorithm
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+@pytest.mark.parametrize("form", ["ensemble", "observation"])
+def test_sequential_with_one_sample_is_eki_update(x64, form, stochastic):
+    U, G, y, noise = problem(14, 24, 12, 10, full=True)
+    G, _ = _broken(G)
+    seq = kalman.eki_update_sequential(KEY, U, G[:, None], y[None], noise, stochastic=stochastic,
+                                       step_size=0.7, form=form)
+    one = kalman.eki_update(KEY, U, G, y, noise, stochastic=stochastic, step_size=0.7, form=form)
+    np.testing.assert_allclose(seq, one, rtol=1e-10, atol=1e-12)
+
+
+def test_sequential_failures_excluded_for_the_whole_batch(x64):
+    J, P, B, K = 40, 15, 4, 8
+    U, _, _, noise = problem(15, J, P, K)
+    rng = np.random.default_rng(15)
+    G = rng.normal(size=(J, B, K))
+    y = rng.normal(size=(B, K))
+    G[3, 2, 1] = np.nan  # member 3 fails on one sample only: dropped for the whole batch
+    G[9, :, :] = np.inf
+    bad = np.zeros(J, bool)
+    bad[[3, 9]] = True
+    out = np.asarray(kalman.eki_update_sequential(KEY, U, G, y, noise))
+    assert np.all(np.isfinite(out))
+    assert rel_err(out[~bad], ref_sequential(U[~bad], G[~bad], y, noise), U[~bad]) < 1e-9
+    by_hand = U
+    for d in range(B):
+        by_hand = kalman.eki_update(KEY, by_hand, G[:, d], y[d], noise, valid=~bad)
+    np.testing.assert_allclose(out[~bad], np.asarray(by_hand)[~bad], rtol=1e-10, atol=1e-12)
+    assert np.all(np.abs(out[bad] - out[~bad].mean(0)) < 6 * out[~bad].std(0))
+
+
+def test_sequential_jits_in_float32():
+    J, P, B, K = 64, 50, 8, 10
+    rng = np.random.default_rng(16)
+    U = rng.normal(size=(J, P)).astype(np.float32)
+    G = rng.normal(size=(J, B, K)).astype(np.float32)
+    y = np.eye(K, dtype=np.float32)[rng.integers(0, K, size=B)]
+    update = jax.jit(partial(kalman.eki_update_sequential, stochastic=True))
+    out = update(KEY, U, G, y, 0.01)
+    assert out.dtype == jnp.float32 and out.shape == (J, P)
+    np.testing.assert_allclose(out, partial(kalman.eki_update_sequential, stochastic=True)(KEY, U, G, y, 0.01),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_shape_errors():
+    U, G, y, _ = problem(17, 10, 4, 3, dtype=np.float32)
+    with pytest.raises(ValueError, match="noise"):
+        kalman.eki_update(KEY, U, G, y, np.eye(4))
+    with pytest.raises(ValueError, match="form"):
+        kalman.eki_update(KEY, U, G, y, 0.1, form="woodbury")
+    with pytest.raises(ValueError, match="expected"):
+        kalman.eki_update_sequential(KEY, U, G, y, 0.1)
+
+
+# --------------------------------------------------------------------------- inflation, diagnostics
+
+
+def test_inflation_keeps_mean_and_scales_spread(x64):
+    U = np.random.default_rng(18).normal(size=(25, 7)) * 3.0 + 1.0
+    out = np.asarray(kalman.inflate(U, 1.5))
+    np.testing.assert_allclose(out.mean(0), U.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out.std(0), 1.5 * U.std(0), rtol=1e-12)
+    np.testing.assert_allclose(np.cov(out.T), 2.25 * np.cov(U.T), rtol=1e-12, atol=1e-12)
+    assert float(kalman.ensemble_spread(out)) == pytest.approx(1.5 * float(kalman.ensemble_spread(U)))
+    np.testing.assert_allclose(kalman.inflate(U, 1.0), U, rtol=1e-12)
+
+
+def test_diagnostics_match_numpy(x64):
+    rng = np.random.default_rng(19)
+    U, G, y = rng.normal(size=(12, 5)), rng.normal(size=(12, 3, 4)), rng.normal(size=(3, 4))
+    assert float(kalman.ensemble_spread(U)) == pytest.approx(np.mean(np.std(U, axis=0)))
+    assert float(kalman.misfit(G, y)) == pytest.approx(np.mean((G.mean(0) - y) ** 2))
