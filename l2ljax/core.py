@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -362,6 +363,7 @@ class Optimizer:
         key = as_key(key)
         params = self.default_params if params is None else params
         self.check_params(params)
+        params = jax.tree_util.tree_map(jnp.asarray, params)
         k_x0, k_init = jax.random.split(key)
         if x0 is None:
             flat_x0 = self.space.sample(k_x0)
@@ -369,9 +371,16 @@ class Optimizer:
             flat_x0 = ravel_pytree(x0)[0]
             if flat_x0.shape != (self.space.dim,):
                 raise ValueError(f"x0 flattens to {flat_x0.shape}, the space has dim {self.space.dim}")
-        flat_x0 = self.space.clip(jnp.asarray(flat_x0, jnp.float32))
-        inner = self._init(k_init, flat_x0, params)
-        return OptState(params, inner, flat_x0, jnp.array(-jnp.inf, jnp.float32), jnp.array(0, jnp.int32))
+        return self._jit_init(k_init, jnp.asarray(flat_x0, jnp.float32), params)
+
+    @functools.cached_property
+    def _jit_init(self) -> Callable[[Array, Array, Any], OptState]:
+        def init_flat(key: Array, flat_x0: Array, params: Any) -> OptState:
+            flat_x0 = self.space.clip(flat_x0)
+            inner = self._init(key, flat_x0, params)
+            return OptState(params, inner, flat_x0, jnp.array(-jnp.inf, jnp.float32), jnp.array(0, jnp.int32))
+
+        return jax.jit(init_flat)
 
     def ask_flat(self, key: Array, state: OptState) -> Array:
         population = self._ask(as_key(key), state.inner, state.params)

@@ -28,8 +28,9 @@ Two faster forwards for ``LodCNN`` give the same logits as the vmapped one. Both
 run the first convolution once for all members (J*10 output channels on the
 shared batch). ``forward_ensemble_grouped`` then runs the second convolution as
 one grouped convolution (``feature_group_count=J``) and the dense layer as one
-einsum (for GPUs); ``forward_ensemble_mapped`` runs conv2 and dense member by
-member with ``jax.lax.map`` (XLA:CPU's grouped convolutions are slow).
+einsum (for GPUs); ``forward_ensemble_mapped`` takes the members in small chunks
+and runs conv2 and dense member by member with ``jax.lax.map``: on XLA:CPU
+grouped convolutions are slow and large activations fall out of cache.
 
 Example::
 
@@ -192,12 +193,23 @@ def forward_ensemble_grouped(flat: Array, images: Array) -> Array:
     return jnp.einsum("bhwjc,jhwck->jbk", x, w.reshape(n_members, 8, 8, 20, 10))
 
 
-def forward_ensemble_mapped(flat: Array, images: Array) -> Array:
+def forward_ensemble_mapped(flat: Array, images: Array, *, chunk: int = 10) -> Array:
     """``LodCNN`` logits (J, B, 10), equal to the vmapped forward; the fastest on CPU.
 
-    conv1 runs once for all members as in ``forward_ensemble_grouped``; conv2 and dense
-    run member after member (``jax.lax.map``) as plain, ungrouped convolutions.
+    Members go through in chunks of ``chunk`` (``jax.lax.map``; J is zero-padded to a
+    multiple): per chunk, conv1 is one convolution with chunk*10 output channels, then
+    conv2 and dense run member by member as plain, ungrouped convolutions. Small chunks
+    keep the activations in cache. ``chunk`` is static: ``jax.jit(f, static_argnames="chunk")``.
     """
+    n_members = flat.shape[0]
+    chunk = min(chunk, n_members)
+    n_chunks = -(-n_members // chunk)
+    padded = jnp.pad(flat, ((0, n_chunks * chunk - n_members), (0, 0)))
+    logits = jax.lax.map(lambda part: _mapped_chunk(part, images), padded.reshape(n_chunks, chunk, -1))
+    return logits.reshape(n_chunks * chunk, *logits.shape[2:])[:n_members]
+
+
+def _mapped_chunk(flat: Array, images: Array) -> Array:
     x, k2, w = _lod_cnn_conv1_shared(flat, images)
 
     def rest(args: tuple[Array, Array, Array]) -> Array:

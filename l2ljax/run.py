@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -85,8 +86,14 @@ def make_step(optimizer: Optimizer, optimizee: Optimizee, *, keep_population: bo
     return step
 
 
-def _scan_chunk(step: Callable, stop_criterion: float | None) -> Callable:
-    """Jitted ``lax.scan`` of ``length`` generations; generations after a stop are skipped."""
+@functools.lru_cache(maxsize=32)
+def _scan_chunk(optimizer: Optimizer, optimizee: Optimizee, keep_population: bool,
+                stop_criterion: float | None) -> Callable:
+    """Jitted ``lax.scan`` of ``length`` generations; generations after a stop are skipped.
+
+    Cached per configuration so repeated runs (sweeps, tests, resumes) compile once.
+    """
+    step = make_step(optimizer, optimizee, keep_population=keep_population)
 
     def chunk(state: OptState, run_key: jax.Array, length: int) -> tuple[OptState, Record, jax.Array]:
         blank = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
@@ -184,7 +191,8 @@ def run(
         state, run_key, generation, history = _open_directory(directory, meta, state, run_key, resume)
 
     if optimizee.jittable:
-        chunk = _scan_chunk(make_step(optimizer, optimizee, keep_population=keep_population), stop_criterion)
+        chunk = _scan_chunk(optimizer, optimizee, keep_population,
+                            None if stop_criterion is None else float(stop_criterion))
     else:
         chunk, chunk_size = _host_step(optimizer, optimizee, keep_population), 1
 

@@ -153,7 +153,7 @@ def load_checkpoint(directory: str | os.PathLike, like_state: Any) -> tuple[Any,
             continue
         if value.shape != np.shape(like):
             raise ValueError(f"checkpoint entry {name} has shape {value.shape}, expected {np.shape(like)}")
-        leaves.append(jax.numpy.asarray(value, dtype=like.dtype))
+        leaves.append(jax.numpy.asarray(value, dtype=jax.numpy.result_type(like)))
     state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like_state), leaves)
     key = jax.random.wrap_key_data(stored["__key__"])
     return state, key, int(stored["__generation__"])

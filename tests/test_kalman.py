@@ -81,7 +81,7 @@ def test_update_matches_numpy_float64(x64, shape, form, full):
 
 @pytest.mark.parametrize("full", [False, True], ids=["scalar", "full"])
 def test_step_size_divides_noise(x64, full):
-    U, G, y, noise = problem(2, 30, 12, 8, full=full)
+    U, G, y, noise = problem(2, *SHAPES[0], full=full)
     out = kalman.eki_update(KEY, U, G, y, noise, step_size=0.25)
     ref = ref_update(U, G, np.broadcast_to(y, G.shape), noise, step_size=0.25)
     assert rel_err(out, ref, U) < 1e-9
@@ -90,7 +90,7 @@ def test_step_size_divides_noise(x64, full):
 
 def test_nonzero_scalar_gamma_is_used(x64):
     """L2L's bug: a nonzero scalar γ became 0. Here γ = 1 must differ from γ → 0 and match numpy."""
-    U, G, y, _ = problem(3, 50, 30, 20)
+    U, G, y, _ = problem(3, *SHAPES[0])
     Y = np.broadcast_to(y, G.shape)
     one = kalman.eki_update(KEY, U, G, y, 1.0)
     tiny = kalman.eki_update(KEY, U, G, y, 1e-8)
@@ -99,27 +99,14 @@ def test_nonzero_scalar_gamma_is_used(x64):
     assert rel_err(one, tiny, U) > 0.1
 
 
-@pytest.mark.parametrize("full", [False, True], ids=["scalar", "full"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "J{}P{}M{}".format(*s))
-def test_forms_agree_float32(shape, full):
-    """Both forms in float32. The increments agree to ~1e-6 here (systems with condition number
-    ~1e2, J·M-term sums); 2e-4 leaves room for other BLAS orderings."""
-    U, G, y, noise = problem(4, *shape, full=full, dtype=np.float32)
-    for stochastic in (False, True):
-        run = partial(kalman.eki_update, KEY, U, G, y, noise, stochastic=stochastic)
-        ens, obs = run(form="ensemble"), run(form="observation")
-        assert ens.dtype == jnp.float32
-        assert rel_err(ens, obs, U) < 2e-4
-
-
-@pytest.mark.parametrize("stochastic", [False, True])
-@pytest.mark.parametrize("form", ["ensemble", "observation"])
-def test_jit_matches_eager(form, stochastic):
-    U, G, y, noise = problem(5, 20, 10, 15, full=True, dtype=np.float32)
-    update = partial(kalman.eki_update, stochastic=stochastic, form=form)
-    eager = update(KEY, U, G, y, noise, step_size=0.5)
-    jitted = jax.jit(update)(KEY, U, G, y, noise, step_size=0.5)
-    np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
+def test_forms_agree_float32():
+    """Both forms in float32, full Γ, stochastic (same perturbations in both). The increments agree
+    to ~1e-6 here (condition numbers ~1e2, sums of J or M terms); 2e-4 leaves room for other BLAS."""
+    U, G, y, noise = problem(4, *SHAPES[1], full=True, dtype=np.float32)
+    run = partial(kalman.eki_update, KEY, U, G, y, noise, stochastic=True, step_size=0.5)
+    ens, obs = run(form="ensemble"), run(form="observation")
+    assert ens.dtype == obs.dtype == jnp.float32
+    assert rel_err(ens, obs, U) < 2e-4
 
 
 # --------------------------------------------------------------------------- stochastic mode
@@ -127,7 +114,7 @@ def test_jit_matches_eager(form, stochastic):
 
 @pytest.mark.parametrize("form", ["ensemble", "observation"])
 def test_stochastic_reproducible_and_key_dependent(x64, form):
-    U, G, y, noise = problem(6, 30, 12, 8, full=True)
+    U, G, y, noise = problem(6, *SHAPES[0], full=True)
     run = partial(kalman.eki_update, U=U, G=G, y=y, noise=noise, stochastic=True, form=form)
     a, b, c = run(jax.random.key(7)), run(jax.random.key(7)), run(jax.random.key(8))
     np.testing.assert_array_equal(a, b)
@@ -137,31 +124,37 @@ def test_stochastic_reproducible_and_key_dependent(x64, form):
 
 @pytest.mark.parametrize("full", [False, True], ids=["scalar", "full"])
 def test_stochastic_tends_to_deterministic_as_noise_vanishes(x64, full):
-    U, G, y, noise = problem(7, 50, 30, 20, full=full)
+    U, G, y, noise = problem(7, *SHAPES[0], full=full)
     noise = noise * 1e-10
     det = kalman.eki_update(KEY, U, G, y, noise)
     sto = kalman.eki_update(KEY, U, G, y, noise, stochastic=True)
     assert rel_err(sto, det, U) < 1e-3
 
 
-@pytest.mark.parametrize("full", [False, True], ids=["scalar", "full"])
-def test_perturbations_have_covariance_noise_over_h(x64, full):
+@pytest.mark.parametrize("stochastic", [False, True])
+@pytest.mark.parametrize("form", ["ensemble", "observation"])
+def test_scalar_noise_is_gamma_times_identity(x64, form, stochastic):
+    """A scalar γ is exactly Γ = γ I, perturbations included (same key, same ξ; chol(γI) = √γ I)."""
+    U, G, y, _ = problem(7, *SHAPES[0])
+    run = partial(kalman.eki_update, KEY, U, G, y, stochastic=stochastic, step_size=0.5, form=form)
+    np.testing.assert_allclose(run(0.3), run(0.3 * np.eye(G.shape[1])), rtol=1e-12, atol=1e-12)
+
+
+def test_perturbations_have_covariance_noise_over_h(x64):
     """Recover η_j from the stochastic update and check η ~ N(0, Γ/h).
 
     The update is linear in y_j: ΔU_sto - ΔU_det = η S⁻¹ C_upᵀ, and C_upᵀ (M, P) has full row
     rank here (P > M), so η = (ΔU_sto - ΔU_det) pinv(C_upᵀ) S.
     """
     J, P, M, h = 4000, 6, 3, 0.5
-    U, G, y, noise = problem(8, J, P, M, full=full)
+    U, G, y, noise = problem(8, J, P, M, full=True)
     det = np.asarray(kalman.eki_update(KEY, U, G, y, noise, step_size=h))
     sto = np.asarray(kalman.eki_update(KEY, U, G, y, noise, step_size=h, stochastic=True))
     Gc, Uc = G - G.mean(0), U - U.mean(0)
-    Gamma = noise * np.eye(M) if np.ndim(noise) == 0 else noise
-    S = Gc.T @ Gc / J + Gamma / h
+    S = Gc.T @ Gc / J + noise / h
     eta = (sto - det) @ np.linalg.pinv(Gc.T @ Uc / J) @ S
-    assert np.all(np.abs(eta.mean(0)) < 4 * np.sqrt(np.diag(Gamma / h) / J))
-    cov = np.cov(eta.T)
-    assert np.linalg.norm(cov - Gamma / h) / np.linalg.norm(Gamma / h) < 0.1
+    assert np.all(np.abs(eta.mean(0)) < 4 * np.sqrt(np.diag(noise / h) / J))
+    assert np.linalg.norm(np.cov(eta.T) - noise / h) / np.linalg.norm(noise / h) < 0.1
 
 
 # --------------------------------------------------------------------------- convergence
@@ -214,7 +207,7 @@ def _broken(G):
 @pytest.mark.parametrize("stochastic", [False, True])
 @pytest.mark.parametrize("form", ["ensemble", "observation"])
 def test_failed_members_are_excluded_and_resampled(x64, form, stochastic):
-    U, G, y, noise = problem(10, 40, 15, 8, full=True)
+    U, G, y, noise = problem(10, *SHAPES[0], full=True)
     G, bad = _broken(G)
     out = np.asarray(kalman.eki_update(KEY, U, G, y, noise, form=form, stochastic=stochastic))
     assert np.all(np.isfinite(out))
@@ -229,8 +222,8 @@ def test_failed_members_are_excluded_and_resampled(x64, form, stochastic):
 
 def test_valid_mask_and_nan_parameters(x64):
     """A user mask removes members like a failure; NaN parameters of a failed member stay out."""
-    U, G, y, noise = problem(11, 30, 12, 8)
-    bad = np.zeros(30, bool)
+    U, G, y, noise = problem(11, *SHAPES[0])
+    bad = np.zeros(len(U), bool)
     bad[[0, 5]] = True
     U_nan = U.copy()
     U_nan[5] = np.nan
@@ -239,12 +232,12 @@ def test_valid_mask_and_nan_parameters(x64):
     assert np.all(np.isfinite(out))
     assert rel_err(out[~bad], ref, U[~bad]) < 1e-9
     with pytest.raises(ValueError, match="valid"):
-        kalman.eki_update(KEY, U, G, y, noise, valid=np.ones(29, bool))
+        kalman.eki_update(KEY, U, G, y, noise, valid=np.ones(len(U) - 1, bool))
 
 
 @pytest.mark.parametrize("n_valid", [0, 1])
 def test_fewer_than_two_valid_members_leaves_ensemble_unchanged(x64, n_valid):
-    U, G, y, noise = problem(12, 10, 5, 4)
+    U, G, y, noise = problem(12, *SHAPES[0])
     G = np.array(G)
     G[n_valid:] = np.nan
     for form in ("ensemble", "observation"):
@@ -254,68 +247,53 @@ def test_fewer_than_two_valid_members_leaves_ensemble_unchanged(x64, n_valid):
 # --------------------------------------------------------------------------- sample-sequential
 
 
-@pytest.mark.parametrize("full", [False, True], ids=["scalar", "full"])
-@pytest.mark.parametrize("form", ["auto", "ensemble", "observation"])
-def test_sequential_matches_l2l_loop(x64, form, full):
-    J, P, B, K = 30, 25, 6, 10
-    rng = np.random.default_rng(13)
-    U, _, _, noise = problem(13, J, P, K, full=full)
+def batch(seed, J, P, B, K):
+    """Ensemble, stale outputs (J, B, K) and one-hot targets (B, K) of a classification batch."""
+    rng = np.random.default_rng(seed)
+    U = rng.normal(size=(J, P))
     G = np.tanh(U @ rng.normal(size=(P, B * K)) / 5).reshape(J, B, K) + 0.1 * rng.normal(size=(J, B, K))
-    y = np.eye(K)[rng.integers(0, K, size=B)]  # one-hot targets
+    return U, G, np.eye(K)[rng.integers(0, K, size=B)]
+
+
+@pytest.mark.parametrize(("form", "full"), [("observation", False), ("auto", False), ("ensemble", True)])
+def test_sequential_matches_l2l_loop(x64, form, full):
+    U, G, y = batch(13, 30, 25, 6, 10)
+    noise = problem(13, 30, 25, 10, full=full)[3]
     out = kalman.eki_update_sequential(KEY, U, G, y, noise, form=form)
-    ref = ref_sequential(U, G, y, noise)
-    assert rel_err(out, ref, U) < 1e-9
-    by_hand = U
-    for d in range(B):
-        by_hand = kalman.eki_update(KEY, by_hand, G[:, d], y[d], noise, form=form)
-    assert rel_err(out, by_hand, U) < 1e-9
-    whole_batch = kalman.eki_update(KEY, U, G.reshape(J, B * K), y.reshape(-1),
-                                    noise if not full else np.kron(np.eye(B), noise))
-    assert rel_err(out, whole_batch, U) > 1e-2  # sequential is a different algorithm
+    assert rel_err(out, ref_sequential(U, G, y, noise), U) < 1e-9
 
 
-@pytest.mark.parametrize("stochastic", [False, True])
-@pytest.mark.parametrize("form", ["ensemble", "observation"])
-def test_sequential_with_one_sample_is_eki_update(x64, form, stochastic):
-    U, G, y, noise = problem(14, 24, 12, 10, full=True)
-    G, _ = _broken(G)
-    seq = kalman.eki_update_sequential(KEY, U, G[:, None], y[None], noise, stochastic=stochastic,
-                                       step_size=0.7, form=form)
-    one = kalman.eki_update(KEY, U, G, y, noise, stochastic=stochastic, step_size=0.7, form=form)
-    np.testing.assert_allclose(seq, one, rtol=1e-10, atol=1e-12)
-
-
-def test_sequential_failures_excluded_for_the_whole_batch(x64):
-    J, P, B, K = 40, 15, 4, 8
-    U, _, _, noise = problem(15, J, P, K)
-    rng = np.random.default_rng(15)
-    G = rng.normal(size=(J, B, K))
-    y = rng.normal(size=(B, K))
-    G[3, 2, 1] = np.nan  # member 3 fails on one sample only: dropped for the whole batch
+def test_sequential_equals_successive_eki_updates_with_failures(x64):
+    J, P, B, K = 40, 15, 4, 10
+    U, G, y = batch(15, J, P, B, K)
+    G[3, 2, 1] = np.nan  # member 3 fails on one sample only: failed for the whole batch
     G[9, :, :] = np.inf
     bad = np.zeros(J, bool)
     bad[[3, 9]] = True
-    out = np.asarray(kalman.eki_update_sequential(KEY, U, G, y, noise))
-    assert np.all(np.isfinite(out))
-    assert rel_err(out[~bad], ref_sequential(U[~bad], G[~bad], y, noise), U[~bad]) < 1e-9
+    out = np.asarray(kalman.eki_update_sequential(KEY, U, G, y, 0.1))
     by_hand = U
     for d in range(B):
-        by_hand = kalman.eki_update(KEY, by_hand, G[:, d], y[d], noise, valid=~bad)
+        by_hand = kalman.eki_update(KEY, by_hand, G[:, d], y[d], 0.1, valid=~bad)
     np.testing.assert_allclose(out[~bad], np.asarray(by_hand)[~bad], rtol=1e-10, atol=1e-12)
+    assert rel_err(out[~bad], ref_sequential(U[~bad], G[~bad], y, 0.1), U[~bad]) < 1e-9
+    assert np.all(np.isfinite(out))
     assert np.all(np.abs(out[bad] - out[~bad].mean(0)) < 6 * out[~bad].std(0))
 
 
+def test_sequential_with_one_sample_is_eki_update(x64):
+    """Same key schedule: B = 1 reproduces eki_update exactly, perturbations and resampling included."""
+    U, G, y, noise = problem(14, *SHAPES[0], full=True)
+    G, _ = _broken(G)
+    seq = kalman.eki_update_sequential(KEY, U, G[:, None], y[None], noise, stochastic=True, step_size=0.7)
+    one = kalman.eki_update(KEY, U, G, y, noise, stochastic=True, step_size=0.7)
+    np.testing.assert_allclose(seq, one, rtol=1e-10, atol=1e-12)
+
+
 def test_sequential_jits_in_float32():
-    J, P, B, K = 64, 50, 8, 10
-    rng = np.random.default_rng(16)
-    U = rng.normal(size=(J, P)).astype(np.float32)
-    G = rng.normal(size=(J, B, K)).astype(np.float32)
-    y = np.eye(K, dtype=np.float32)[rng.integers(0, K, size=B)]
-    update = jax.jit(partial(kalman.eki_update_sequential, stochastic=True))
-    out = update(KEY, U, G, y, 0.01)
-    assert out.dtype == jnp.float32 and out.shape == (J, P)
-    np.testing.assert_allclose(out, partial(kalman.eki_update_sequential, stochastic=True)(KEY, U, G, y, 0.01),
-                               rtol=1e-4, atol=1e-5)
+    U, G, y = (a.astype(np.float32) for a in batch(16, 64, 50, 8, 10))
+    out = jax.jit(partial(kalman.eki_update_sequential, stochastic=True))(KEY, U, G, y, 0.01)
+    assert out.dtype == jnp.float32 and out.shape == U.shape and np.all(np.isfinite(out))
+    assert not np.allclose(out, U)  # it moved
 
 
 def test_shape_errors():

@@ -117,6 +117,16 @@ def test_fast_lod_forwards_equal_vmapped(cnn, forward, n_members):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_mapped_forward_pads_to_whole_chunks(cnn):
+    flat = cnn.init_ensemble(jax.random.key(5), 7, 0.1)
+    images = _images(4)
+    expected = jax.jit(cnn.forward_ensemble)(flat, images)
+    for chunk in (1, 3, 7, 20):
+        got = jax.jit(forward_ensemble_mapped, static_argnames="chunk")(flat, images, chunk=chunk)
+        assert got.shape == (7, 4, 10)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_init_ensemble_std_and_reproducible(cnn):
     key = jax.random.key(42)
     flat = cnn.init_ensemble(key, 200, 0.1)

@@ -96,12 +96,8 @@ class NoisyGaussian(Gaussian):
     def __init__(self, noise_magnitude: float = 1.0, coordinate_scale: Any = None, noise_decay: float = 0.95,
                  diagonal: bool = False):
         super().__init__(diagonal)
-        if not (noise_magnitude >= 0 and 0 <= noise_decay <= 1):
-            raise ValueError(f"NoisyGaussian needs noise_magnitude >= 0 and noise_decay in [0, 1], "
-                             f"got {noise_magnitude}, {noise_decay}")
-        self.noise_magnitude, self.noise_decay = float(noise_magnitude), float(noise_decay)
-        self.coordinate_scale = 1.0 if coordinate_scale is None else tuple(map(float, jnp.ravel(
-            jnp.asarray(coordinate_scale))))
+        self.noise_magnitude, self.coordinate_scale, self.noise_decay = check_noise(
+            noise_magnitude, coordinate_scale, noise_decay, self.name)
 
     def from_moments(self, mean: jax.Array, std: jax.Array) -> NoisyGaussianState:
         base = super().from_moments(mean, std)
@@ -118,8 +114,7 @@ class NoisyGaussian(Gaussian):
     def fit(self, key: jax.Array, state: NoisyGaussianState, samples: jax.Array, weights: jax.Array,
             smoothing: jax.Array) -> NoisyGaussianState:
         base = super().fit(key, GaussianState(state.mean, state.cov), samples, weights, smoothing)
-        scale = jnp.broadcast_to(jnp.asarray(self.coordinate_scale, samples.dtype), state.mean.shape)
-        noise = jnp.abs(state.magnitude * scale * jax.random.normal(key, state.mean.shape, samples.dtype))
+        noise = draw_noise(key, state.magnitude, self.coordinate_scale, state.mean.shape, samples.dtype)
         return NoisyGaussianState(base.mean, base.cov, noise, state.magnitude * self.noise_decay)
 
     def spread(self, state: NoisyGaussianState) -> jax.Array:
@@ -130,11 +125,78 @@ class NoisyGaussian(Gaussian):
                 "coordinate_scale": self.coordinate_scale, "noise_decay": self.noise_decay}
 
 
+def check_noise(noise_magnitude: float, coordinate_scale: Any, noise_decay: float, owner: str
+                ) -> tuple[float, float | tuple[float, ...], float]:
+    """Validated ``(noise_magnitude, coordinate_scale, noise_decay)`` of a noisy distribution."""
+    if not (noise_magnitude >= 0 and 0 <= noise_decay <= 1):
+        raise ValueError(f"{owner} needs noise_magnitude >= 0 and noise_decay in [0, 1], "
+                         f"got {noise_magnitude}, {noise_decay}")
+    scale = 1.0 if coordinate_scale is None else tuple(map(float, jnp.ravel(jnp.asarray(coordinate_scale))))
+    return float(noise_magnitude), scale, float(noise_decay)
+
+
+def draw_noise(key: jax.Array, magnitude: jax.Array, coordinate_scale: float | tuple[float, ...],
+               shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    """Sampling variances |N(0, (magnitude·coordinate_scale_i)²)| of the given shape (last axis = dim)."""
+    scale = jnp.broadcast_to(jnp.asarray(coordinate_scale, dtype), shape[-1:])
+    return jnp.abs(magnitude * scale * jax.random.normal(key, shape, dtype))
+
+
 def _cholesky(cov: jax.Array) -> jax.Array:
     """Cholesky factor with a jitter relative to the scale, so a collapsed elite stays samplable."""
     dim = cov.shape[0]
     jitter = 1e-10 * (jnp.trace(cov) / dim + 1e-30)
     return jnp.linalg.cholesky(cov + jitter * jnp.eye(dim, dtype=cov.dtype))
+
+
+def initial_distribution(distribution: Any, space: Space, k_sample: jax.Array, k_fit: jax.Array, x0: jax.Array,
+                         n: int, init_std: float | None) -> Any:
+    """N(x0, init_std²·I) when ``init_std`` is given, else the fit to ``n`` draws of ``space.sample``."""
+    if init_std is not None:
+        return distribution.from_moments(x0, jnp.asarray(init_std, x0.dtype))
+    samples = space.clip(jax.vmap(space.sample)(jax.random.split(k_sample, n)))
+    start = distribution.from_moments(x0, jnp.ones_like(x0))
+    return distribution.fit(k_fit, start, samples.astype(x0.dtype), jnp.ones(n, x0.dtype), jnp.asarray(0.0, x0.dtype))
+
+
+def select_samples(key: jax.Array, score: jax.Array, n_elite: jax.Array, temperature: jax.Array,
+                   temp_decay: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The samples CE refits to: ``(kept (J,) bool, γ)``.
+
+    Elite = the ``n_elite`` best finite scores (fewer when fewer are finite); γ = the worst
+    elite score (``-inf`` when none is finite). When ``temp_decay > 0`` a non-elite finite
+    sample is also kept with probability min(1, e^{(score−γ)/T}).
+    """
+    valid = jnp.isfinite(score)
+    order = jnp.argsort(-score)  # -inf last
+    rank = jnp.empty_like(order).at[order].set(jnp.arange(score.shape[0]))
+    n_elite = jnp.minimum(n_elite, jnp.sum(valid))
+    gamma = score[order[jnp.maximum(n_elite - 1, 0)]]
+    elite = (rank < n_elite) & valid
+    accept_prob = jnp.exp(jnp.minimum((score - gamma) / temperature, 0.0))
+    accepted = (jax.random.uniform(key, score.shape) < accept_prob) & valid & (temp_decay > 0)
+    return elite | accepted, gamma
+
+
+def refit(distribution: Any, key: jax.Array, dist: Any, population: jax.Array, kept: jax.Array,
+          smoothing: jax.Array) -> tuple[Any, jax.Array]:
+    """``(θ', usable)``: θ refitted to the kept rows and smoothed, or θ unchanged with fewer than two."""
+    weights = kept.astype(population.dtype)
+    new = distribution.fit(key, dist, population, weights, jnp.asarray(smoothing, population.dtype))
+    usable = jnp.sum(weights) >= 2
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(usable, a, b), new, dist), usable
+
+
+def cool(temperature: jax.Array, temp_decay: jax.Array) -> jax.Array:
+    """T ← T·temp_decay; ``temp_decay = 0`` switches annealing off and leaves T as it is."""
+    return temperature * jnp.where(temp_decay > 0, temp_decay, 1.0)
+
+
+def check_annealing_params(params: Any, owner: str) -> None:
+    """Ranges of the ``smoothing``, ``temp_decay`` and ``temperature`` hyperparameters."""
+    check_range(params, "smoothing", 0.0, 1.0, hi_open=True, owner=owner)
+    check_range(params, "temp_decay", 0.0, 1.0, owner=owner)
+    check_range(params, "temperature", 0.0, float("inf"), lo_open=True, owner=owner)
 
 
 @struct.dataclass
@@ -166,22 +228,14 @@ class CrossEntropy(Optimizer):
 
     def _check_params(self, params: CrossEntropyParams) -> None:
         check_range(params, "rho", 0.0, 1.0, lo_open=True, owner=self.name)
-        check_range(params, "smoothing", 0.0, 1.0, hi_open=True, owner=self.name)
-        check_range(params, "temp_decay", 0.0, 1.0, owner=self.name)
-        check_range(params, "temperature", 0.0, float("inf"), lo_open=True, owner=self.name)
+        check_annealing_params(params, self.name)
         rho = params.rho
         if not isinstance(rho, jax.core.Tracer) and int(float(jnp.max(jnp.asarray(rho))) * self.pop_size) < 1:
             raise ValueError(f"{self.name}: rho * pop_size must be at least 1, got {rho} * {self.pop_size}")
 
     def _init(self, key: jax.Array, x0: jax.Array, params: CrossEntropyParams) -> CrossEntropyState:
         k_dist, k_state = jax.random.split(key)
-        if self.init_std is not None:
-            dist = self.distribution.from_moments(x0, jnp.asarray(self.init_std, x0.dtype))
-        else:
-            samples = self.space.clip(jax.vmap(self.space.sample)(jax.random.split(k_dist, self.pop_size)))
-            fitted = self.distribution.from_moments(x0, jnp.ones_like(x0))
-            dist = self.distribution.fit(k_state, fitted, samples.astype(x0.dtype), jnp.ones(self.pop_size, x0.dtype),
-                                         jnp.asarray(0.0, x0.dtype))
+        dist = initial_distribution(self.distribution, self.space, k_dist, k_state, x0, self.pop_size, self.init_std)
         return CrossEntropyState(dist, jnp.array(-jnp.inf, jnp.float32),
                                  jnp.asarray(params.temperature, jnp.float32), k_state)
 
@@ -190,23 +244,12 @@ class CrossEntropy(Optimizer):
 
     def _tell(self, inner: CrossEntropyState, population: jax.Array, evaluation: Evaluation,
               params: CrossEntropyParams) -> CrossEntropyState:
-        score = evaluation.score
-        valid = jnp.isfinite(score)
         n_elite = jnp.maximum(jnp.floor(params.rho * self.pop_size).astype(jnp.int32), 1)
-        order = jnp.argsort(-score)  # -inf last
-        rank = jnp.empty_like(order).at[order].set(jnp.arange(self.pop_size))
-        n_elite = jnp.minimum(n_elite, jnp.sum(valid))
-        gamma = score[order[jnp.maximum(n_elite - 1, 0)]]
-        elite = (rank < n_elite) & valid
         key, k_accept, k_fit = jax.random.split(inner.key, 3)
-        accept_prob = jnp.exp(jnp.minimum((score - gamma) / inner.temperature, 0.0))
-        accepted = (jax.random.uniform(k_accept, score.shape) < accept_prob) & valid & (params.temp_decay > 0)
-        kept = (elite | accepted).astype(population.dtype)
-        refit = self.distribution.fit(k_fit, inner.dist, population, kept, jnp.asarray(params.smoothing, population.dtype))
-        usable = jnp.sum(kept) >= 2
-        dist = jax.tree_util.tree_map(lambda new, old: jnp.where(usable, new, old), refit, inner.dist)
+        kept, gamma = select_samples(k_accept, evaluation.score, n_elite, inner.temperature, params.temp_decay)
+        dist, usable = refit(self.distribution, k_fit, inner.dist, population, kept, params.smoothing)
         return CrossEntropyState(dist, jnp.where(usable, gamma, inner.gamma),
-                                 inner.temperature * jnp.where(params.temp_decay > 0, params.temp_decay, 1.0), key)
+                                 cool(inner.temperature, params.temp_decay), key)
 
     def diagnostics(self, state: Any) -> dict[str, jax.Array]:
         inner = state.inner

@@ -1,0 +1,194 @@
+"""run(): scan path == host loop, resume == uninterrupted, trajectories on disk, stopping, callbacks."""
+
+import glob
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import l2ljax
+from l2ljax import trajectory
+from l2ljax.core import Optimizee
+
+PROBLEM = l2ljax.function_optimizee("rastrigin", 2)
+
+
+def optimizers():
+    return [
+        l2ljax.CrossEntropy(PROBLEM, pop_size=16, distribution=l2ljax.NoisyGaussian()),
+        l2ljax.EvolutionStrategies(PROBLEM, pop_size=8),
+        l2ljax.RandomSearch(PROBLEM, pop_size=8),
+    ]
+
+
+def assert_same_trajectory(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("opt", optimizers(), ids=lambda o: o.name)
+def test_scan_path_equals_host_loop(opt):
+    scan = l2ljax.run(opt, PROBLEM, jax.random.key(7), 12)
+    host = l2ljax.run(opt, PROBLEM, jax.random.key(7), 12, chunk_size=1)
+    chunked = l2ljax.run(opt, PROBLEM, jax.random.key(7), 12, chunk_size=5)
+    assert_same_trajectory(scan.trajectory, host.trajectory)
+    assert_same_trajectory(scan.trajectory, chunked.trajectory)
+    np.testing.assert_array_equal(scan.state.best_x, host.state.best_x)
+
+
+def test_same_key_same_numbers_other_key_other_numbers():
+    opt = optimizers()[0]
+    a = l2ljax.run(opt, PROBLEM, jax.random.key(1), 5)
+    b = l2ljax.run(opt, PROBLEM, jax.random.key(1), 5)
+    c = l2ljax.run(opt, PROBLEM, jax.random.key(2), 5)
+    assert_same_trajectory(a.trajectory, b.trajectory)
+    assert not np.array_equal(a.trajectory["population"], c.trajectory["population"])
+
+
+def test_trajectory_shapes_and_best_so_far():
+    opt = optimizers()[0]
+    result = l2ljax.run(opt, PROBLEM, jax.random.key(0), 10)
+    t = result.trajectory
+    assert t["population"].shape == (10, 16, 2)
+    assert t["fitness"].shape == (10, 16, 1)
+    np.testing.assert_array_equal(t["generation"], np.arange(10))
+    assert np.all(np.diff(t["best_score"]) >= 0)
+    np.testing.assert_allclose(t["best_score"], np.maximum.accumulate(t["score"].max(axis=1)))
+    assert result.best_score == pytest.approx(-float(result.best_fitness[0]))
+    assert result.best.shape == (2,)
+    assert {"diag/gamma", "diag/temperature", "diag/mean_spread"} <= t.keys()
+
+
+def test_trajectory_round_trip_through_numpy_only(tmp_path):
+    opt = optimizers()[1]
+    result = l2ljax.run(opt, PROBLEM, jax.random.key(0), 9, directory=tmp_path, chunk_size=4)
+    files = sorted(glob.glob(str(tmp_path / "trajectory" / "chunk_*.npz")))
+    assert len(files) == 3
+    fitness = np.concatenate([np.load(f)["fitness"] for f in files])
+    np.testing.assert_array_equal(fitness, result.trajectory["fitness"])
+    assert_same_trajectory(l2ljax.load_trajectory(tmp_path), result.trajectory)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["optimizer"]["name"] == "EvolutionStrategies"
+    assert meta["optimizee"]["name"] == "rastrigin-2d"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("opt", optimizers()[:2], ids=lambda o: o.name)
+def test_resume_equals_uninterrupted(tmp_path, opt):
+    full = l2ljax.run(opt, PROBLEM, jax.random.key(3), 12, directory=tmp_path / "full", chunk_size=3)
+    part = l2ljax.run(opt, PROBLEM, jax.random.key(3), 7, directory=tmp_path / "part", chunk_size=3)
+    assert part.generations == 7
+    resumed = l2ljax.run(opt, PROBLEM, jax.random.key(3), 12, directory=tmp_path / "part", resume=True,
+                         chunk_size=3)
+    assert resumed.generations == 12
+    assert_same_trajectory(full.trajectory, resumed.trajectory)
+    assert_same_trajectory(l2ljax.load_trajectory(tmp_path / "part"), full.trajectory)
+    np.testing.assert_array_equal(jax.tree_util.tree_leaves(full.state.inner)[0],
+                                  jax.tree_util.tree_leaves(resumed.state.inner)[0])
+
+
+def test_resume_drops_chunk_written_after_last_checkpoint(tmp_path):
+    opt = optimizers()[0]
+    full = l2ljax.run(opt, PROBLEM, jax.random.key(4), 6, directory=tmp_path / "full", chunk_size=2)
+    l2ljax.run(opt, PROBLEM, jax.random.key(4), 4, directory=tmp_path / "crash", chunk_size=2)
+    # A crash between writing a chunk and its checkpoint leaves a chunk the checkpoint does not cover.
+    trajectory.write_chunk(tmp_path / "crash", 4, {"generation": np.array([99])})
+    resumed = l2ljax.run(opt, PROBLEM, jax.random.key(4), 6, directory=tmp_path / "crash", resume=True,
+                         chunk_size=2)
+    assert_same_trajectory(full.trajectory, resumed.trajectory)
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    opt = optimizers()[2]
+    l2ljax.run(opt, PROBLEM, jax.random.key(0), 2, directory=tmp_path)
+    with pytest.raises(FileExistsError, match="resume=True"):
+        l2ljax.run(opt, PROBLEM, jax.random.key(0), 2, directory=tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        l2ljax.run(opt, PROBLEM, jax.random.key(0), 2, directory=tmp_path / "other")
+
+
+def test_resume_with_a_different_optimizer_is_refused(tmp_path):
+    l2ljax.run(optimizers()[2], PROBLEM, jax.random.key(0), 2, directory=tmp_path)
+    with pytest.raises(ValueError, match="optimizer differs"):
+        l2ljax.run(optimizers()[1], PROBLEM, jax.random.key(0), 4, directory=tmp_path, resume=True)
+
+
+def test_checkpoint_round_trip_restores_every_leaf(tmp_path):
+    opt = optimizers()[0]
+    state = opt.init(jax.random.key(0))
+    l2ljax.save_checkpoint(tmp_path, state, jax.random.key(5), 17)
+    restored, key, generation = l2ljax.load_checkpoint(tmp_path, opt.init(jax.random.key(1)))
+    assert generation == 17
+    np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(jax.random.key(5)))
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored), strict=True):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 50])
+def test_stop_criterion_stops_at_the_same_generation_in_both_paths(chunk_size):
+    opt = l2ljax.CrossEntropy(PROBLEM, pop_size=32, distribution=l2ljax.NoisyGaussian())
+    result = l2ljax.run(opt, PROBLEM, jax.random.key(0), 50, stop_criterion=-1.0, chunk_size=chunk_size)
+    assert result.stopped_early
+    best = result.trajectory["best_score"]
+    assert best[-1] >= -1.0 and np.all(best[:-1] < -1.0)
+    assert result.generations == len(best) < 50
+
+
+def test_callbacks_see_every_generation_and_can_stop():
+    seen = []
+
+    def callback(record, state):
+        seen.append(int(record["generation"]))
+        return record["generation"] == 3
+
+    result = l2ljax.run(optimizers()[2], PROBLEM, jax.random.key(0), 10, callbacks=[callback])
+    assert seen == [0, 1, 2, 3]
+    assert result.generations == 4 and result.stopped_early
+
+
+def test_progress_bar_writes_to_stderr(capsys):
+    l2ljax.run(optimizers()[2], PROBLEM, jax.random.key(0), 5, progress=True)
+    assert "5/5" in capsys.readouterr().err
+
+
+def test_non_finite_fitness_never_becomes_best():
+    def holey(x, key):
+        return jnp.where(x[0] > 0, jnp.nan, jnp.sum(jnp.square(x)))
+
+    problem = Optimizee.create(holey, jnp.zeros(2), lower=-3.0, upper=3.0)
+    for opt in (l2ljax.CrossEntropy(problem, pop_size=20), l2ljax.EvolutionStrategies(problem, pop_size=10)):
+        result = l2ljax.run(opt, problem, jax.random.key(0), 15)
+        assert np.isfinite(result.best_score)
+        assert result.best[0] <= 0
+        assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(result.state.inner)
+                   if not jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key))
+
+
+def test_host_evaluated_optimizee_matches_jitted_one():
+    def numpy_rastrigin(population, seed):
+        x = np.asarray(population, np.float64)
+        return 10 * x.shape[1] + np.sum(x**2 - 10 * np.cos(2 * np.pi * x), axis=1)
+
+    host_problem = Optimizee(numpy_rastrigin, PROBLEM.space, name="numpy-rastrigin", jittable=False)
+    opt = l2ljax.EvolutionStrategies(PROBLEM, pop_size=8)
+    host = l2ljax.run(opt, host_problem, jax.random.key(0), 4)
+    jitted = l2ljax.run(opt, PROBLEM, jax.random.key(0), 4)
+    np.testing.assert_allclose(host.trajectory["fitness"], jitted.trajectory["fitness"], rtol=1e-4, atol=1e-4)
+
+
+def test_grid_search_covers_the_grid_in_slices():
+    opt = l2ljax.GridSearch(PROBLEM, n_steps=10, pop_size=32)
+    assert opt.grid_size == 121 and opt.n_generations == 4
+    result = l2ljax.run(opt, PROBLEM, jax.random.key(0), opt.n_generations)
+    points = result.trajectory["population"].reshape(-1, 2)
+    unique = np.unique(np.round(points, 5), axis=0)
+    assert len(unique) == 121
+    np.testing.assert_allclose(result.best, [0.0, 0.0], atol=1e-6)  # the grid holds the optimum
+    assert result.best_fitness[0] == pytest.approx(0.0, abs=1e-5)
