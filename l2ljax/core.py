@@ -217,6 +217,9 @@ class Optimizee:
     N(0, noise_std²) to every objective (L2L's noisy benchmark functions). Set
     ``jittable=False`` for simulators that are not JAX code: they are then called on the
     host with a numpy population of shape (J, dim) via ``fn(population_pytree, seed)``.
+    With ``data``, ``population_fn(flat_population, keys, inputs) -> (fitness, outputs)``, if given,
+    replaces the vmap of ``fn`` for the whole population at once (a hand-batched forward,
+    e.g. one grouped convolution for a whole ensemble); ``fn`` must compute the same thing.
     """
 
     fn: Callable[..., Any]
@@ -227,6 +230,7 @@ class Optimizee:
     data: Callable[[Array], tuple[Array, Array]] | None = None
     jittable: bool = True
     info: dict = dataclasses.field(default_factory=dict)
+    population_fn: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", check_weights(self.weights))
@@ -247,13 +251,15 @@ class Optimizee:
         data: Callable[[Array], tuple[Array, Array]] | None = None,
         jittable: bool = True,
         info: dict | None = None,
+        population_fn: Callable[..., Any] | None = None,
     ) -> Optimizee:
         """Build an optimizee from a function of one individual, an example individual and bounds.
 
         ``info``: JSON-able facts recorded in run metadata (e.g. the known optimum).
         """
         space = Space.from_template(template, lower, upper, sample)
-        return Optimizee(fn, space, tuple(weights), noise_std, name, data, jittable, dict(info or {}))
+        return Optimizee(fn, space, tuple(weights), noise_std, name, data, jittable, dict(info or {}),
+                         population_fn)
 
     @property
     def n_objectives(self) -> int:
@@ -265,12 +271,15 @@ class Optimizee:
         k_eval, k_noise = jax.random.split(key)
         keys = jax.random.split(k_eval, n)
         individuals = self.space.to_pytree(population)
-        outputs = targets = None
+        outputs = targets = None  # only optimizees with data produce outputs for Kalman methods
         if self.data is None:
             fitness = jax.vmap(self.fn)(individuals, keys)
         else:
             inputs, targets = self.data(jnp.asarray(generation))
-            fitness, outputs = jax.vmap(self.fn, in_axes=(0, 0, None))(individuals, keys, inputs)
+            if self.population_fn is not None:
+                fitness, outputs = self.population_fn(population, keys, inputs)
+            else:
+                fitness, outputs = jax.vmap(self.fn, in_axes=(0, 0, None))(individuals, keys, inputs)
             outputs = outputs.reshape(n, -1)
             targets = jnp.ravel(targets)
         fitness = jnp.asarray(fitness).reshape(n, -1)

@@ -15,7 +15,10 @@ time step Δt = h divides the noise covariance, both in the gain and in the pert
 ``h = 1`` is the classical EKI step and ``h → 0`` a small step of the continuous-time limit.
 
 Noise: ``noise`` is a scalar γ (meaning Γ = γ I; any γ > 0 is used as given) or an SPD (M, M)
-matrix. Γ must be positive definite: γ = 0 makes the systems singular whenever J ≤ M.
+matrix. Γ must be positive definite: γ = 0 makes the systems singular whenever J ≤ M. If a
+Cholesky factorisation breaks down all the same (γ = 0, or a condition number of C_pp + Γ/h
+beyond ~1e7 in float32), the gain is non-finite and that update is skipped (zero increment)
+rather than writing NaN into the ensemble.
 
 Two algebraically equal forms, never building a (P, P) matrix and never inverting explicitly
 (Cholesky solves only). With ``A = (G - Ḡ)/√J`` and ``E = (U - ū)/√J`` the anomalies, so that
@@ -40,8 +43,8 @@ update or resample from and ``U`` is returned unchanged.
 Sample-sequential ("LOD") mode. Yegenoglu, Krajsek, Diaz Pier & Herty (2020), *Ensemble Kalman
 filter optimizing deep neural networks*, LNCS 12565, assimilate a minibatch of B samples one at a
 time, each with its own K outputs, using outputs ``G`` computed once before the batch. L2L's
-implementation (``l2l/optimizers/kalmanfilter/enkf.py``, ``EnsembleKalmanFilter.fit``, in
-IGITUGraz/L2L and alperyeg/L2L, both the numpy and the torch variants) loops ``for d in idx``
+implementation (``l2l/optimizers/kalmanfilter/enkf.py``, ``EnsembleKalmanFilter.fit``: IGITUGraz/L2L
+at 8b9368c and 144b8e9, alperyeg/L2L at 224fcd0, and the torch port of the same file) loops ``for d in idx``
 over the samples and for each one takes ``g = model_output[:, :, d]`` from the stale outputs,
 computes ``Cpp = cov(g, g)`` from them, but ``Cup = cov(self.ensemble, g)`` from the *current*
 ensemble, already moved by the previous samples, then applies the (deterministic) update.
@@ -164,6 +167,7 @@ def _gain(key: Array, G: Array, y: Array, noise: Array, stats: _Stats, *, stocha
 
 def _apply(U: Array, left: Array, right: Array | None, stats: _Stats) -> Array:
     E = _anomalies(U, stats)
+    left = jnp.where(jnp.all(jnp.isfinite(left)), left, 0.0)  # failed solve: skip, never NaN
     return U + (left @ E if right is None else left @ (right.T @ E))
 
 

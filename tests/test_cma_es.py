@@ -78,7 +78,7 @@ def tutorial_update(state, x, score, p):
     return m, sigma, p_sigma, p_c, C, g
 
 
-@pytest.mark.parametrize(("n", "lam"), [(2, None), (10, None), (5, 20), (3, 2)])
+@pytest.mark.parametrize(("n", "lam"), [(2, None), (10, None), (5, 20), (3, 4)])
 def test_default_parameters_are_table1(n, lam):
     problem = l2ljax.Optimizee.create(lambda x, k: jnp.sum(x**2), jnp.zeros(n))
     opt = CMAES(problem, lam)
@@ -94,6 +94,14 @@ def test_default_parameters_are_table1(n, lam):
     assert opt.resolve(opt.Params()) == opt.default_params
     no_negative = CMAES(problem, lam, negative_weights=False).weights()
     np.testing.assert_allclose(no_negative, np.maximum(ref["weights"], 0.0), rtol=1e-6, atol=1e-7)
+
+
+def test_two_samples_have_no_rank_mu_update():
+    """λ = 2: μ = 1, μ_eff = 1, so c_μ = 0 and the negative weight has nothing to scale."""
+    problem = l2ljax.Optimizee.create(lambda x, k: jnp.sum(x**2), jnp.zeros(3))
+    opt = CMAES(problem, pop_size=2)
+    assert opt.default_params.c_mu == 0.0
+    np.testing.assert_array_equal(opt.weights(), [1.0, 0.0])
 
 
 def test_three_updates_match_numpy_float64():
@@ -176,17 +184,18 @@ def test_nan_region_is_never_selected():
 def test_mostly_nan_generation_renormalises_and_all_nan_changes_nothing():
     problem = l2ljax.Optimizee.create(lambda x, k: jnp.sum(x**2), jnp.zeros(3))
     opt = CMAES(problem, pop_size=6, sigma=0.5)  # μ = 3
+    tell = jax.jit(opt.tell)
     state = opt.init(jax.random.key(0), x0=jnp.ones(3))
     population = opt.ask(jax.random.key(1), state)
     fitness = jnp.array([jnp.nan, 2.0, jnp.nan, 1.0, jnp.nan, jnp.nan])  # two finite samples
-    new = opt.tell(state, population, make_evaluation(fitness, (-1.0,)))
+    new = tell(state, population, make_evaluation(fitness, (-1.0,)))
     w = np.asarray(opt.weights())[:2] / np.sum(np.asarray(opt.weights())[:2])
     expected_mean = w[0] * np.asarray(population[3]) + w[1] * np.asarray(population[1])  # c_m = 1
     np.testing.assert_allclose(new.inner.mean, expected_mean, rtol=1e-5)
     for leaf in jax.tree_util.tree_leaves(new.inner):
         assert np.all(np.isfinite(leaf))
 
-    new = opt.tell(state, population, make_evaluation(jnp.full(6, jnp.nan), (-1.0,)))
+    new = tell(state, population, make_evaluation(jnp.full(6, jnp.nan), (-1.0,)))
     for a, b in zip(jax.tree_util.tree_leaves(new.inner), jax.tree_util.tree_leaves(state.inner), strict=True):
         np.testing.assert_array_equal(a, b)
 

@@ -166,7 +166,9 @@ def test_linear_inverse_problem_converges_to_least_squares(form):
 
     Float32, 50 jitted iterations (scan). EKI's mean stays in ū₀ + span(anomalies) = ℝ^P here
     (J = 60 > P), and for linear G it is a Levenberg-Marquardt-like iteration on ‖y - Au‖²
-    with a shrinking prior covariance, so it tends to argmin ‖y - Au‖.
+    with a shrinking prior covariance, so it tends to argmin ‖y - Au‖. The distance to it falls
+    only like the spread, ~√(γ/n) per direction: with γ = 1e-3 both forms end 8e-5 (relative)
+    from the LSQ solution, as float64 does; u* itself is 4e-3 away, so 2e-4 tells them apart.
     """
     J, P, M, n_iter = 60, 10, 30, 50
     rng = np.random.default_rng(9)
@@ -178,13 +180,14 @@ def test_linear_inverse_problem_converges_to_least_squares(form):
 
     def step(U, key):
         G = U @ A.T
-        U = kalman.eki_update(key, U, G, y, 0.01, form=form)
+        U = kalman.eki_update(key, U, G, y, 1e-3, form=form)
         return U, (kalman.misfit(U @ A.T, y), kalman.ensemble_spread(U))
 
     U, (misfits, spreads) = jax.jit(lambda U: jax.lax.scan(step, U, jax.random.split(KEY, n_iter)))(U0)
     u_mean = np.asarray(U.mean(0), np.float64)
     initial = float(kalman.misfit(U0 @ A.T, y))
-    assert np.linalg.norm(u_mean - u_lsq) / np.linalg.norm(u_lsq) < 1e-3
+    assert np.linalg.norm(u_mean - u_lsq) / np.linalg.norm(u_lsq) < 2e-4
+    assert np.linalg.norm(u_star - u_lsq) / np.linalg.norm(u_lsq) > 2e-3
     assert misfits[-1] < 1e-2 * initial
     assert np.all(np.diff(np.asarray(misfits)[5:]) <= 1e-6 + 1e-3 * np.asarray(misfits)[5:-1])
     assert np.all(np.isfinite(spreads)) and spreads[-1] < spreads[0] < float(kalman.ensemble_spread(U0))
@@ -233,6 +236,14 @@ def test_valid_mask_and_nan_parameters(x64):
     assert rel_err(out[~bad], ref, U[~bad]) < 1e-9
     with pytest.raises(ValueError, match="valid"):
         kalman.eki_update(KEY, U, G, y, noise, valid=np.ones(len(U) - 1, bool))
+
+
+@pytest.mark.parametrize("form", ["ensemble", "observation"])
+def test_failed_solve_skips_the_update(form):
+    """Γ = 0 with J < M: C_pp + Γ is singular, the float32 Cholesky breaks down; no NaN escapes."""
+    U, G, y, noise = problem(4, *SHAPES[1], full=True, dtype=np.float32)
+    out = kalman.eki_update(KEY, U, G, y, 0 * noise, stochastic=True, step_size=0.5, form=form)
+    np.testing.assert_array_equal(out, U)  # (the same configuration as test_forms_agree_float32)
 
 
 @pytest.mark.parametrize("n_valid", [0, 1])

@@ -114,9 +114,10 @@ SEEDS = [0, 1, 2, 3]
 @pytest.mark.parametrize(
     ("name", "dim", "pop_size", "learning_rate_sigma", "n_generations", "tolerance"),
     [
-        # SNES's default η_σ = 0.52 collapses σ in Rosenbrock's curved valley (diagonal
-        # covariance, non-separable problem): with η_σ = 0.1 it follows the valley.
-        ("rosenbrock", 2, 10, 0.1, 500, 5e-3),
+        # SNES's default η_σ = 0.52 collapses σ in Rosenbrock's curved valley (a diagonal
+        # covariance on a non-separable problem) and then loses to random search; with
+        # η_σ = 0.05 it follows the valley (seeds 0-3 reach 5e-6 ... 5e-4).
+        ("rosenbrock", 2, 10, 0.05, 500, 2e-3),
         ("ackley", 10, None, None, 200, 1e-2),
     ],
 )

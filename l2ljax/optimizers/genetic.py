@@ -59,9 +59,9 @@ Example::
 
     problem = l2ljax.function_optimizee("rastrigin", dim=2)
     opt = GeneticAlgorithm(problem, pop_size=50, tourn_size=3)
-    params = opt.default_params.replace(mut_prob=0.5, ind_prob=0.5, mut_par=0.3)
-    result = l2ljax.run(opt, problem, jax.random.key(0), n_generations=50, params=params)
-    individuals, weighted = opt.hall_of_fame(result.state)
+    params = opt.default_params.replace(cx_prob=0.7)       # L2L's example values otherwise
+    result = l2ljax.run(opt, problem, jax.random.key(0), n_generations=40, params=params)
+    individuals, weighted = opt.hall_of_fame(result.state)  # best 20 distinct, best first
 """
 
 from __future__ import annotations
@@ -114,14 +114,29 @@ def fitness_levels(weighted: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------- operators
 
 
-def tournament_selection(key: jax.Array, levels: jax.Array, n: int, tourn_size: int) -> jax.Array:
-    """Indices of ``n`` tournament winners (DEAP ``selTournament``).
+def _merit(weighted: jax.Array) -> jax.Array:
+    """(J,) larger-is-better key equivalent to the lexicographic comparison of the rows."""
+    if weighted.shape[1] == 1:
+        return _comparable(weighted)[:, 0]
+    return -fitness_levels(weighted)
 
-    Each tournament draws ``tourn_size`` contestants with replacement; the lowest level wins,
-    the first drawn among equals.
+
+def _standard_normal(u: jax.Array) -> jax.Array:
+    """N(0, 1) from U[0, 1) by the inverse CDF (as ``jax.random.normal``), finite at u = 0."""
+    v = jnp.maximum(2.0 * u - 1.0, jnp.nextafter(jnp.asarray(-1.0, u.dtype), jnp.asarray(0.0, u.dtype)))
+    return jnp.sqrt(jnp.asarray(2.0, u.dtype)) * jax.lax.erf_inv(v)
+
+
+def tournament_selection(key: jax.Array, weighted: jax.Array, n: int, tourn_size: int) -> jax.Array:
+    """Indices of ``n`` tournament winners among the rows of ``weighted`` (DEAP ``selTournament``).
+
+    Each tournament draws ``tourn_size`` contestants uniformly with replacement; the
+    lexicographically best wins, the first drawn among equals. Invalid rows lose to valid ones.
     """
-    contestants = jax.random.randint(key, (n, tourn_size), 0, levels.shape[0])
-    winner = jnp.argmin(levels[contestants], axis=1)
+    size = weighted.shape[0]
+    u = jax.random.uniform(key, (n, tourn_size))
+    contestants = jnp.minimum(jnp.floor(u * size).astype(jnp.int32), size - 1)
+    winner = jnp.argmax(_merit(weighted)[contestants], axis=1)
     return jnp.take_along_axis(contestants, winner[:, None], axis=1)[:, 0]
 
 
@@ -132,14 +147,14 @@ def blend_crossover(key: jax.Array, x: jax.Array, alpha: jax.Array | float, cx_p
     Per gene γ = (1 + 2α)u − α, u ~ U[0, 1); children x₁ + γ(x₂ − x₁) and x₂ + γ(x₁ − x₂)
     (algebraically DEAP's (1−γ)x₁ + γx₂ and γx₁ + (1−γ)x₂; this form keeps equal genes exact).
     """
-    k_mate, k_gamma = jax.random.split(key)
-    n_pairs = x.shape[0] // 2
+    n_pairs, dim = x.shape[0] // 2, x.shape[1]
+    u = jax.random.uniform(key, (n_pairs, dim + 1), x.dtype)
     x1, x2 = x[0:2 * n_pairs:2], x[1:2 * n_pairs:2]
-    mate = (jax.random.uniform(k_mate, (n_pairs, 1)) < cx_prob)
-    gamma = (1.0 + 2.0 * alpha) * jax.random.uniform(k_gamma, x1.shape, x.dtype) - alpha
+    mate = u[:, :1] < cx_prob
+    gamma = (1.0 + 2.0 * alpha) * u[:, 1:] - alpha
     c1 = jnp.where(mate, x1 + gamma * (x2 - x1), x1)
     c2 = jnp.where(mate, x2 + gamma * (x1 - x2), x2)
-    children = jnp.stack([c1, c2], axis=1).reshape(2 * n_pairs, x.shape[1])
+    children = jnp.stack([c1, c2], axis=1).reshape(2 * n_pairs, dim)
     return jnp.concatenate([children, x[2 * n_pairs:]]).astype(x.dtype)
 
 
@@ -147,10 +162,10 @@ def gaussian_mutation(key: jax.Array, x: jax.Array, sigma: jax.Array | float, mu
                       ind_prob: jax.Array | float) -> jax.Array:
     """Each row with probability ``mut_prob``, each of its genes with probability ``ind_prob``:
     + N(0, sigma²) (DEAP ``mutGaussian`` with mu = 0, applied as in ``varAnd``)."""
-    k_row, k_gene, k_noise = jax.random.split(key, 3)
-    mutant = jax.random.uniform(k_row, (x.shape[0], 1)) < mut_prob
-    genes = mutant & (jax.random.uniform(k_gene, x.shape) < ind_prob)
-    return x + jnp.where(genes, sigma * jax.random.normal(k_noise, x.shape, x.dtype), 0).astype(x.dtype)
+    dim = x.shape[1]
+    u = jax.random.uniform(key, (x.shape[0], 2 * dim + 1), x.dtype)
+    genes = (u[:, :1] < mut_prob) & (u[:, 1:dim + 1] < ind_prob)
+    return x + jnp.where(genes, sigma * _standard_normal(u[:, dim + 1:]), 0).astype(x.dtype)
 
 
 def _row_hashes(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -164,17 +179,16 @@ def _row_hashes(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     else:
         bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
     column = jnp.arange(x.shape[1], dtype=jnp.uint32)
+    salt = jnp.asarray([0x1B873593, 0x2545F491], jnp.uint32)[:, None]
 
     def mix(h: jax.Array) -> jax.Array:  # murmur3's 32-bit finaliser
         h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
         h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
         return h ^ (h >> 16)
 
-    def row_hash(salt: int) -> jax.Array:
-        position = mix(column * jnp.uint32(0x9E3779B9) + jnp.uint32(salt))
-        return jnp.sum(mix(bits ^ position), axis=1, dtype=jnp.uint32)  # wraps mod 2³²: order-free
-
-    return row_hash(0x1B873593), row_hash(0x2545F491)
+    position = mix(column * jnp.uint32(0x9E3779B9) + salt)  # (2, dim)
+    hashes = jnp.sum(mix(bits[None] ^ position[:, None]), axis=2, dtype=jnp.uint32)  # wraps mod 2³²
+    return hashes[0], hashes[1]
 
 
 def duplicate_rows(x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
@@ -197,11 +211,12 @@ def duplicate_rows(x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
 def _mutate_duplicates(key: jax.Array, x: jax.Array, duplicate: jax.Array, sigma: jax.Array | float,
                        ind_prob: jax.Array | float, clip: Callable[[jax.Array], jax.Array]) -> jax.Array:
     """Move every duplicate row by a mutation that touches at least one gene (see module doc)."""
-    k_gene, k_forced, k_noise = jax.random.split(key, 3)
-    genes = jax.random.uniform(k_gene, x.shape) < ind_prob
-    forced = jax.nn.one_hot(jax.random.randint(k_forced, (x.shape[0],), 0, x.shape[1]), x.shape[1], dtype=bool)
+    dim = x.shape[1]
+    u = jax.random.uniform(key, (x.shape[0], 2 * dim + 1), x.dtype)
+    genes = u[:, :dim] < ind_prob
+    forced = jnp.arange(dim) == jnp.minimum(jnp.floor(u[:, dim:dim + 1] * dim).astype(jnp.int32), dim - 1)
     genes = genes | (forced & ~jnp.any(genes, axis=1, keepdims=True))
-    step = jnp.where(genes, sigma * jax.random.normal(k_noise, x.shape, x.dtype), 0).astype(x.dtype)
+    step = jnp.where(genes, sigma * _standard_normal(u[:, dim + 1:]), 0).astype(x.dtype)
     forward = clip(x + step)
     moved = jnp.any(forward != x, axis=1, keepdims=True)
     return jnp.where(duplicate[:, None], jnp.where(moved, forward, clip(x - step)), x)
@@ -283,8 +298,7 @@ class GeneticAlgorithm(Optimizer):
         weighted = jnp.where(valid[:, None], evaluation.weighted.astype(inner.hof_weighted.dtype), -jnp.inf)
 
         key, k_select, k_mate, k_mutate, k_duplicate = jax.random.split(inner.key, 5)
-        parents = population[tournament_selection(k_select, fitness_levels(weighted), self.pop_size,
-                                                  self.tourn_size)]
+        parents = population[tournament_selection(k_select, weighted, self.pop_size, self.tourn_size)]
         clip = self.space.clip
         offspring = clip(blend_crossover(k_mate, parents, params.mate_par, params.cx_prob))
         offspring = clip(gaussian_mutation(k_mutate, offspring, params.mut_par, params.mut_prob, params.ind_prob))

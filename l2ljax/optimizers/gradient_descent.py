@@ -43,6 +43,8 @@ special optimizer: θ is the whole stack, and one finite-difference gradient mov
 Non-finite scores: neighbours with a non-finite score are dropped from the least squares
 (their rows of ΔX and f − f_0 are zeroed); if f_0 itself is non-finite, or the step would
 make θ or the optax state non-finite, the update is skipped (θ and the optax state stay).
+A θ that has stepped into a region of non-finite fitness therefore stays there (there is no
+gradient to follow): bound the space away from such regions or use a smaller learning rate.
 
 Example::
 
@@ -199,13 +201,14 @@ class GradientDescent(Optimizer):
         def is_array(path: Any, value: Any) -> bool:
             return isinstance(value, jax.Array)
 
-        try:
-            cast = {name: jnp.asarray(value, optax.tree_utils.tree_get(opt_state, name, filtering=is_array).dtype)
-                    for name, value in values.items()}
-            opt_state = optax.tree_utils.tree_set(opt_state, is_array, **cast)
-        except KeyError as err:
-            raise ValueError(f"{self.name}: the optax state has no hyperparameter {err}; build the transform with "
-                             "optax.inject_hyperparams to set its hyperparameters in the state") from None
+        cast = {}
+        for name, value in values.items():
+            current = optax.tree_utils.tree_get(opt_state, name, filtering=is_array)
+            if current is None:
+                raise ValueError(f"{self.name}: the optax state has no hyperparameter {name!r}; build the transform "
+                                 "with optax.inject_hyperparams to set its hyperparameters in the state")
+            cast[name] = jnp.asarray(value, current.dtype)
+        opt_state = optax.tree_utils.tree_set(opt_state, is_array, **cast)
         return state.replace(inner=state.inner._replace(opt_state=opt_state))
 
     def _init(self, key: jax.Array, x0: jax.Array, params: Any) -> GradientDescentState:

@@ -32,11 +32,12 @@ defaults. Default ladder: T0_i geometric from 1 to 10, T_end = T0/100.
 
 Example::
 
-    opt = ParallelTempering(problem, n_parallel_runs=8, cooling_schedules="linear_multiplicative",
-                            temperature_bounds=[(t, t / 100) for t in np.geomspace(0.1, 10, 8)],
-                            decay_parameters=0.05)
+    ladder = np.geomspace(0.5, 10.0, 16)
+    opt = ParallelTempering(problem, n_parallel_runs=16, cooling_schedules="linear_additive",
+                            temperature_bounds=np.stack([ladder, ladder / 100], axis=1), noisy_step=0.3,
+                            n_iteration=300)
     result = l2ljax.run(opt, problem, jax.random.key(0), n_generations=300)
-    result.trajectory["diag/swap_rate"]
+    result.trajectory["diag/swap_rate"], result.trajectory["diag/temperatures"]
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class ParallelTempering(Optimizer):
             raise ValueError(f"n_parallel_runs must be at least 2 for parallel tempering (swaps need a pair), got {n}")
         super().__init__(space, n)
         self.n_parallel_runs = n
-        if isinstance(cooling_schedules, str) or not isinstance(cooling_schedules, Sequence):
+        if isinstance(cooling_schedules, str) or not isinstance(cooling_schedules, Sequence | np.ndarray):
             cooling_schedules = [cooling_schedules] * n
         if len(cooling_schedules) != n:
             raise ValueError(f"cooling_schedules has {len(cooling_schedules)} entries for {n} parallel runs: "

@@ -39,8 +39,9 @@ Differences from L2L's code, each deliberate:
 * The additive schedules use T0 − Tn as documented; L2L's code writes T0 − T(k−1) in three
   of them, which with its fixed T0 = 1 collapses the temperature to 0 at the first step.
   Tn and T0 are parameters here (L2L fixes T0 = 1 and Tn = 0), with 0 < Tn ≤ T0.
-* After k = n the additive schedules stay at Tn (L2L stops at n; continuing the formulas
-  would heat up again or go negative). The trigonometric one uses π, not 3.1415.
+* After k = n the additive schedules stay at T(n) (= Tn, except for the exponential one,
+  whose sigmoid ends above Tn); L2L stops at n, and continuing the formulas would heat up
+  again or go negative. The trigonometric one uses π, not 3.1415.
 * The exponential additive formula cools only when T0 − Tn > 1 (for T0 − Tn < 1 its
   ln(T0 − Tn) is negative and the temperature rises): other values are rejected.
 * The first proposals use T(0) (= T0 except for ``exponential_additive``), not L2L's fixed 1
@@ -54,10 +55,11 @@ sampler), the others at independent draws of the sampler (L2L: ``create_individu
 
 Example::
 
-    opt = SimulatedAnnealing(problem, n_parallel_runs=32, cooling_schedule="quadratic_additive",
-                             n_iteration=200)
-    params = opt.default_params.replace(noisy_step=0.3, T0=1.0, Tn=0.01)
-    result = l2ljax.run(opt, problem, jax.random.key(0), n_generations=200, params=params)
+    problem = l2ljax.function_optimizee("rastrigin", 2)
+    opt = SimulatedAnnealing(problem, n_parallel_runs=32, cooling_schedule="linear_additive", n_iteration=150)
+    params = opt.default_params.replace(noisy_step=0.3, T0=5.0, Tn=0.01)
+    result = l2ljax.run(opt, problem, jax.random.key(0), n_generations=150, params=params)
+    result.trajectory["diag/acceptance_rate"]
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def temperature(schedule: str, t: Array | int, T0: Array | float, Tn: Array | fl
 
     ``T0``: start temperature; ``Tn``: end temperature (additive schedules); ``decay``: α of the
     multiplicative schedules; ``n_iteration``: horizon n of the additive schedules (required for
-    them; t is clipped to [0, n], so they stay at Tn after n). Arguments broadcast (e.g. one
+    them; t is clipped to [0, n], so they stay at T(n) after n). Arguments broadcast (e.g. one
     value per chain); the result is float32.
     """
     name = cooling_schedule_name(schedule)
@@ -159,8 +161,8 @@ def temperature(schedule: str, t: Array | int, T0: Array | float, Tn: Array | fl
                              "over which it cools from T0 to Tn)")
         n = float(check_positive_int(n_iteration, "n_iteration"))
         k = jnp.clip(k, 0.0, n)
-    f32 = (lambda v: jnp.asarray(v, jnp.float32))
-    return _SCHEDULES[name](k, f32(T0), f32(Tn), f32(decay), n)
+    T0, Tn, decay = (jnp.asarray(v, jnp.float32) for v in (T0, Tn, decay))
+    return _SCHEDULES[name](k, T0, Tn, decay, n)
 
 
 def schedule_problem(schedule: str, T0: float, Tn: float, decay: float) -> str | None:

