@@ -79,8 +79,7 @@ def test_em_recovers_a_known_mixture(diagonal):
     np.testing.assert_allclose(covs, true_covs, atol=0.15 if diagonal else 0.06)
 
 
-@pytest.mark.parametrize("dist", [GaussianMixture(3, n_iter=5), GaussianMixture(2, diagonal=True, n_iter=5),
-                                  ])
+@pytest.mark.parametrize("dist", [GaussianMixture(3, n_iter=5), GaussianMixture(2, diagonal=True, n_iter=5)])
 def test_zero_weight_rows_have_no_influence(dist):
     x = _mixture_samples(200, seed=3)
     keep = np.random.default_rng(4).uniform(size=200) < 0.4

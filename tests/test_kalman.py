@@ -335,3 +335,19 @@ def test_diagnostics_match_numpy(x64):
     U, G, y = rng.normal(size=(12, 5)), rng.normal(size=(12, 3, 4)), rng.normal(size=(3, 4))
     assert float(kalman.ensemble_spread(U)) == pytest.approx(np.mean(np.std(U, axis=0)))
     assert float(kalman.misfit(G, y)) == pytest.approx(np.mean((G.mean(0) - y) ** 2))
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_composed_sequential_update_equals_the_step_by_step_scan(stochastic):
+    """The low-rank composition of the B sample updates is the scan of B updates, to rounding."""
+    k_u, k_g, k_y = jax.random.split(jax.random.key(11), 3)
+    J, P, B, K = 40, 300, 16, 10
+    U = 0.1 * jax.random.normal(k_u, (J, P))
+    G = jax.random.normal(k_g, (J, B, K)).at[5].set(jnp.nan)
+    y = jax.nn.one_hot(jax.random.randint(k_y, (B,), 0, K), K)
+    args = (jax.random.key(2), U, G, y, jnp.float32(0.05), jnp.float32(1.0), None)
+    composed = kalman._update_sequential(*args, stochastic=stochastic, form="observation")
+    scanned = kalman._update_sequential(*args, stochastic=stochastic, form="observation", scan=True)
+    change = float(jnp.max(jnp.abs(scanned - U)))
+    assert change > 1e-2
+    np.testing.assert_allclose(composed, scanned, atol=1e-5 * max(change, 1.0))

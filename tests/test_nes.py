@@ -205,11 +205,15 @@ def test_vmap_over_learning_rates():
         state = opt.tell(state, population, problem.evaluate(jax.random.key(2), population))
         return state.inner.mu, state.inner.sigma
 
+    batched = jax.jit(jax.vmap(one_generation))
     lr_mu, lr_sigma = jnp.array([0.5, 1.0]), jnp.array([0.1, 0.5])
-    mu, sigma = jax.jit(jax.vmap(one_generation))(lr_mu, lr_sigma)
+    mu, sigma = batched(lr_mu, lr_sigma)
     assert mu.shape == (2, 2) and sigma.shape == (2, 2)
-    for i in range(2):
-        mu_i, sigma_i = one_generation(float(lr_mu[i]), float(lr_sigma[i]))
-        np.testing.assert_allclose(mu[i], mu_i, rtol=1e-6)
-        np.testing.assert_allclose(sigma[i], sigma_i, rtol=1e-6)
-    assert not np.allclose(mu[0], mu[1])
+    for i in range(2):  # a lane does not depend on the other lane's setting
+        mu_i, sigma_i = batched(jnp.full(2, lr_mu[i]), jnp.full(2, lr_sigma[i]))
+        np.testing.assert_array_equal(mu[i], mu_i[0])
+        np.testing.assert_array_equal(sigma[i], sigma_i[0])
+    # η_μ scales the mean's step, η_σ the log of σ's factor
+    mu0, sigma0 = opt.init(jax.random.key(0)).inner
+    np.testing.assert_allclose(mu[1] - mu0, 2 * (mu[0] - mu0), rtol=1e-5)
+    np.testing.assert_allclose(np.log(sigma[1] / sigma0), 5 * np.log(sigma[0] / sigma0), rtol=1e-4)

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_positive_int, check_range
+from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_range
 
 
 def initial_sigma(space: Space, sigma: Any, owner: str) -> np.ndarray:

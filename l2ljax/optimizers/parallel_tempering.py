@@ -117,7 +117,8 @@ class ParallelTemperingParams:
 
 class ParallelTemperingState(NamedTuple):
     """chains: the annealing chains; swap_rate: fraction of the pairs offered a swap in the last
-    generation that swapped; source: (n,) which chain each chain's state came from in that exchange."""
+    generation that swapped (0 when none was offered: odd generations with two chains);
+    source: (n,) which chain each chain's state came from in that exchange."""
 
     chains: AnnealingState
     swap_rate: Array
