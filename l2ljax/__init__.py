@@ -4,22 +4,12 @@ __version__ = "0.1.0"
 
 from l2ljax.core import Evaluation, Optimizee, Optimizer, OptState, Space, make_evaluation
 from l2ljax.optimizees import function_optimizee
-from l2ljax.optimizers import (
-    CrossEntropy,
-    CrossEntropyParams,
-    EvolutionStrategies,
-    EvolutionStrategiesParams,
-    Gaussian,
-    GridSearch,
-    NoisyGaussian,
-    RandomSearch,
-)
+from l2ljax.optimizers import *  # noqa: F403 (the optimizers are the public API)
+from l2ljax.optimizers import __all__ as _optimizers
 from l2ljax.run import ProgressBar, RunResult, make_step, run
 from l2ljax.trajectory import load_checkpoint, load_trajectory, save_checkpoint
 
 __all__ = [
-    "CrossEntropy", "CrossEntropyParams", "Evaluation", "EvolutionStrategies", "EvolutionStrategiesParams",
-    "Gaussian", "GridSearch", "NoisyGaussian", "OptState", "Optimizee", "Optimizer", "ProgressBar", "RandomSearch", "RunResult",
-    "Space", "function_optimizee", "load_checkpoint", "load_trajectory", "make_evaluation", "make_step", "run",
-    "save_checkpoint",
+    "Evaluation", "OptState", "Optimizee", "Optimizer", "ProgressBar", "RunResult", "Space", "function_optimizee",
+    "load_checkpoint", "load_trajectory", "make_evaluation", "make_step", "run", "save_checkpoint", *_optimizers,
 ]

@@ -56,7 +56,7 @@ def plot_test_error(rows: list[list], path: Path, title: str) -> bool:
 def mnist_enkf(args: argparse.Namespace) -> dict:
     """Train the LOD CNN with the ensemble Kalman filter; returns the final summary."""
     from l2ljax.data import load_mnist
-    from l2ljax.optimizees.mnist import build_model, mnist_optimizee, test_accuracy
+    from l2ljax.optimizees.mnist import build_model, dataset_accuracy, mnist_optimizee
     from l2ljax.optimizers.enkf import EnsembleKalmanFilter
     from l2ljax.run import run
 
@@ -92,7 +92,7 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
         if iteration != int(state.generation):  # only the state at the end of a chunk is at hand
             return
         mean = jax.numpy.mean(state.inner.ensemble, axis=0)
-        acc = test_accuracy(ensemble, mean, test_images, test_labels)
+        acc = dataset_accuracy(ensemble, mean, test_images, test_labels)
         curve.append([iteration, acc, time.perf_counter() - start])
         _write_csv(curve_path, ["iteration", "test_accuracy", "seconds"], curve)
         plot_test_error(curve, out / "test_error.png", title)

@@ -1,5 +1,6 @@
 """Separable NES: the paper's utilities and update against numpy, convergence, NaN safety, vmap."""
 
+import functools
 import math
 
 import jax
@@ -132,30 +133,35 @@ def test_converges_and_beats_random_search(name, dim, pop_size, learning_rate_si
     assert len(set(nes.tolist())) == len(SEEDS)  # the seeds matter
 
 
-def test_scan_equals_host_loop_and_is_reproducible():
-    problem = l2ljax.function_optimizee("rastrigin", 3)
-    opt = NaturalEvolutionStrategies(problem)
-    scan = l2ljax.run(opt, problem, jax.random.key(7), 25)
-    host = l2ljax.run(opt, problem, jax.random.key(7), 25, chunk_size=1)
-    assert scan.trajectory.keys() == host.trajectory.keys()
-    for field, value in scan.trajectory.items():
-        np.testing.assert_array_equal(value, host.trajectory[field], err_msg=field)
-    for a, b in zip(jax.tree_util.tree_leaves(scan.state), jax.tree_util.tree_leaves(host.state), strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert scan.trajectory["best_score"][-1] > scan.trajectory["best_score"][0]
-
-
-def test_nan_region_is_never_selected():
+@pytest.fixture(scope="module")
+def nan_run():
+    """A run on the NaN-region problem (scan), shared by the NaN and the scan == host tests."""
     problem = nan_region_problem()
     opt = NaturalEvolutionStrategies(problem, pop_size=10)
-    result = l2ljax.run(opt, problem, jax.random.key(3), 150, x0=jnp.array([-2.0, -2.0]))
+    run = functools.partial(l2ljax.run, opt, problem, jax.random.key(3), 150, x0=jnp.array([-2.0, -2.0]))
+    return run, run()
+
+
+def test_nan_region_is_never_selected(nan_run):
+    _, result = nan_run
     population, best_x = result.trajectory["population"], result.trajectory["best_x"]
     assert np.mean(population[..., 0] > 1.0) > 0.05  # the search does probe the NaN region
     assert np.all(best_x[:, 0] <= 1.0)
-    assert np.all(np.isfinite(result.trajectory["best_score"][1:]))
+    assert np.all(np.isfinite(result.trajectory["best_score"]))
     for leaf in jax.tree_util.tree_leaves(result.state.inner):
         assert np.all(np.isfinite(leaf))
     assert result.best_fitness[0] < 1.0 + 1e-2  # the feasible optimum is (1, 2) with f = 1
+
+
+def test_scan_equals_host_loop_and_is_reproducible(nan_run):
+    """Two separately compiled paths (one scan; a host loop of one-generation scans), same numbers."""
+    run, scan = nan_run
+    host = run(chunk_size=1)
+    assert scan.trajectory.keys() == host.trajectory.keys()
+    for field, value in scan.trajectory.items():
+        np.testing.assert_array_equal(value, host.trajectory[field], err_msg=field)  # NaN fitness included
+    for a, b in zip(jax.tree_util.tree_leaves(scan.state), jax.tree_util.tree_leaves(host.state), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_all_nan_generation_keeps_the_state_finite():
@@ -216,4 +222,4 @@ def test_vmap_over_learning_rates():
     # η_μ scales the mean's step, η_σ the log of σ's factor
     mu0, sigma0 = opt.init(jax.random.key(0)).inner
     np.testing.assert_allclose(mu[1] - mu0, 2 * (mu[0] - mu0), rtol=1e-5)
-    np.testing.assert_allclose(np.log(sigma[1] / sigma0), 5 * np.log(sigma[0] / sigma0), rtol=1e-4)
+    np.testing.assert_allclose(np.log(sigma[1] / sigma0), 5 * np.log(sigma[0] / sigma0), rtol=1e-3, atol=1e-6)

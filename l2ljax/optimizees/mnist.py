@@ -110,7 +110,7 @@ def mnist_optimizee(images: np.ndarray, labels: np.ndarray, *, model: str = "lod
     )
 
 
-def test_accuracy(ensemble: models.EnsembleModel, flat: jax.Array, images: np.ndarray, labels: np.ndarray,
+def dataset_accuracy(ensemble: models.EnsembleModel, flat: jax.Array, images: np.ndarray, labels: np.ndarray,
                   chunk: int = 2000) -> float:
     """Accuracy of one flat weight vector on a labelled set, in chunks to bound memory."""
     forward = jax.jit(ensemble.forward_one)

@@ -66,7 +66,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -274,10 +273,6 @@ class GeneticAlgorithm(Optimizer):
         check_range(params, "mut_par", 0.0, float("inf"), owner=self.name)
 
     def _init(self, key: jax.Array, x0: jax.Array, params: GeneticAlgorithmParams) -> GeneticAlgorithmState:
-        return self._initial_state(key, x0)
-
-    @functools.partial(jax.jit, static_argnums=0)  # one compiled program instead of many eager ops
-    def _initial_state(self, key: jax.Array, x0: jax.Array) -> GeneticAlgorithmState:
         k_pop, k_state = jax.random.split(key)
         population = jax.vmap(self.space.sample)(jax.random.split(k_pop, self.pop_size))
         population = self.space.clip(population.astype(x0.dtype)).at[0].set(x0)
