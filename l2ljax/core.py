@@ -380,6 +380,8 @@ class Optimizer:
             flat_x0 = ravel_pytree(x0)[0]
             if flat_x0.shape != (self.space.dim,):
                 raise ValueError(f"x0 flattens to {flat_x0.shape}, the space has dim {self.space.dim}")
+            if _is_concrete(flat_x0) and not np.all(np.isfinite(np.asarray(flat_x0))):
+                raise ValueError("x0 contains NaN or inf")
         return self._jit_init(k_init, jnp.asarray(flat_x0, jnp.float32), params)
 
     @functools.cached_property

@@ -148,3 +148,17 @@ def test_enkf_learns_mnist_with_forward_passes_only():
     assert before < 0.2
     assert after >= 0.25, f"test accuracy {after:.3f} after 80 EnKF iterations"
     assert result.trajectory["score"][-10:].mean() > result.trajectory["score"][:5].mean() + 0.1
+
+
+def test_step_schedule_scales_the_step_size():
+    """h·schedule(t): a schedule of 0.5 everywhere equals a constant step size of 0.5."""
+    problem, _, _ = linear_problem()
+    scheduled = l2ljax.EnsembleKalmanFilter(problem, pop_size=20, step_schedule=lambda t: 0.5)
+    constant = l2ljax.EnsembleKalmanFilter(problem, pop_size=20)
+    a = l2ljax.run(scheduled, problem, jax.random.key(0), 3)
+    b = l2ljax.run(constant, problem, jax.random.key(0), 3, params=constant.default_params.replace(step_size=0.5))
+    np.testing.assert_allclose(a.state.inner.ensemble, b.state.inner.ensemble, rtol=1e-6, atol=1e-6)
+    assert int(a.state.inner.iteration) == 3
+    decaying = l2ljax.EnsembleKalmanFilter(problem, pop_size=20, step_schedule=lambda t: 0.5 ** t)
+    c = l2ljax.run(decaying, problem, jax.random.key(0), 3)
+    assert not np.allclose(c.state.inner.ensemble, a.state.inner.ensemble, atol=1e-4)

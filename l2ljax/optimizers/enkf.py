@@ -14,7 +14,8 @@ non-finite are left out of the statistics and resampled.
 Options: ``sequential=True`` assimilates the B samples of a batch one at a time (the LOD
 protocol; outputs must be ordered sample-major, ``outputs_per_sample`` = K values each);
 ``stochastic`` perturbed observations; Γ = ``gamma``·I or the full matrix ``noise_cov``;
-``step_size`` h; multiplicative ``inflation`` of the prior ensemble; ``init_std``: the initial
+``step_size`` h, times ``step_schedule(iteration)`` when given (any optax schedule, e.g.
+``optax.exponential_decay``); multiplicative ``inflation`` of the prior ensemble; ``init_std``: the initial
 ensemble N(x0, init_std²) instead of draws of the optimizee's sampler. Repeating a batch
 (LOD's ``repetitions``) is the optimizee's data schedule (:func:`l2ljax.optimizees.mnist`).
 L2L names: ``gamma``, ``pop_size`` (J), ``n_iteration``/``maxit`` (generations).
@@ -29,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -50,6 +52,7 @@ class EnsembleKalmanParams:
 class EnsembleKalmanState(NamedTuple):
     ensemble: jax.Array  # (J, P)
     misfit: jax.Array  # mean squared error of the ensemble-mean output before the last update
+    iteration: jax.Array  # updates done, the argument of step_schedule
     key: jax.Array
 
 
@@ -59,7 +62,8 @@ class EnsembleKalmanFilter(Optimizer):
 
     def __init__(self, space: Space | Optimizee, pop_size: int = 100, *, sequential: bool = False,
                  outputs_per_sample: int | None = None, stochastic: bool = False,
-                 noise_cov: Any = None, form: str = "auto", init_std: float | None = None):
+                 noise_cov: Any = None, form: str = "auto", init_std: float | None = None,
+                 step_schedule: Callable[[jax.Array], jax.Array] | None = None):
         super().__init__(space, pop_size)
         if self.pop_size < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got pop_size={pop_size}")
@@ -80,6 +84,7 @@ class EnsembleKalmanFilter(Optimizer):
                 raise ValueError("noise_cov must be symmetric positive definite")
             self.noise_cov = cov
         self.sequential, self.stochastic, self.form, self.init_std = sequential, stochastic, form, init_std
+        self.step_schedule = step_schedule
 
     def _check_params(self, params: EnsembleKalmanParams) -> None:
         check_range(params, "gamma", 0.0, float("inf"), lo_open=True, owner=self.name)
@@ -93,7 +98,7 @@ class EnsembleKalmanFilter(Optimizer):
         else:
             ensemble = x0 + self.init_std * jax.random.normal(k_members, (self.pop_size, x0.shape[0]), x0.dtype)
         return EnsembleKalmanState(self.space.clip(ensemble.astype(x0.dtype)), jnp.array(jnp.nan, jnp.float32),
-                                   k_state)
+                                   jnp.array(0, jnp.int32), k_state)
 
     def _ask(self, key: jax.Array, inner: EnsembleKalmanState, params: EnsembleKalmanParams) -> jax.Array:
         return inner.ensemble
@@ -109,19 +114,22 @@ class EnsembleKalmanFilter(Optimizer):
         valid = jnp.isfinite(evaluation.score)
         noise = params.gamma if self.noise_cov is None else jnp.asarray(self.noise_cov, population.dtype)
         prior = kalman.inflate(population, params.inflation)
+        step_size = params.step_size
+        if self.step_schedule is not None:
+            step_size = step_size * jnp.asarray(self.step_schedule(inner.iteration), population.dtype)
         if self.sequential:
             k = self.outputs_per_sample
             n = population.shape[0]
             ensemble = kalman.eki_update_sequential(
                 k_update, prior, outputs.reshape(n, -1, k), targets.reshape(-1, k), noise,
-                stochastic=self.stochastic, step_size=params.step_size, form=self.form, valid=valid)
+                stochastic=self.stochastic, step_size=step_size, form=self.form, valid=valid)
         else:
             ensemble = kalman.eki_update(k_update, prior, outputs, targets, noise, stochastic=self.stochastic,
-                                         step_size=params.step_size, form=self.form, valid=valid)
+                                         step_size=step_size, form=self.form, valid=valid)
         finite_outputs = jnp.where(valid[:, None], outputs, 0.0)
         mean_output = jnp.sum(finite_outputs, 0) / jnp.maximum(jnp.sum(valid), 1)
         misfit = jnp.mean(jnp.square(mean_output - targets)).astype(jnp.float32)
-        return EnsembleKalmanState(self.space.clip(ensemble), misfit, key)
+        return EnsembleKalmanState(self.space.clip(ensemble), misfit, inner.iteration + 1, key)
 
     def ensemble_mean(self, state: OptState) -> Any:
         """The ensemble-mean individual (pytree): the model LOD evaluates."""
