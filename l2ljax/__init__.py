@@ -6,10 +6,11 @@ from l2ljax.core import Evaluation, Optimizee, Optimizer, OptState, Space, make_
 from l2ljax.optimizees import function_optimizee
 from l2ljax.optimizers import *  # noqa: F403 (the optimizers are the public API)
 from l2ljax.optimizers import __all__ as _optimizers
-from l2ljax.run import ProgressBar, RunResult, make_step, run
+from l2ljax.run import ProgressBar, RunResult, make_step, run, run_many
 from l2ljax.trajectory import load_checkpoint, load_trajectory, save_checkpoint
 
 __all__ = [
     "Evaluation", "OptState", "Optimizee", "Optimizer", "ProgressBar", "RunResult", "Space", "function_optimizee",
-    "load_checkpoint", "load_trajectory", "make_evaluation", "make_step", "run", "save_checkpoint", *_optimizers,
+    "load_checkpoint", "load_trajectory", "make_evaluation", "make_step", "run", "run_many", "save_checkpoint",
+    *_optimizers,
 ]

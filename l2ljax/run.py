@@ -5,6 +5,8 @@
 ``chunk_size=n_generations`` is the fully-jitted path; ``chunk_size=1`` is the host loop.
 Both call the same ``step`` with the same keys (generation g uses ``fold_in(run_key, g)``),
 so they produce the same numbers, and a resumed run continues exactly where it stopped.
+``run_many`` runs a batch of independent runs (one per key, same keys as ``run``) as one
+jitted ``vmap`` and returns their final states: for comparisons over seeds.
 
 Example::
 
@@ -226,6 +228,58 @@ def run(
                      generation, bool(stopped and generation < n_generations))
 
 
+def run_many(optimizer: Optimizer, optimizee: Optimizee, keys: jax.Array, n_generations: int, *,
+             params: Any = None, x0: Any = None) -> OptState:
+    """Independent runs, one per key of the batch ``keys``, as one jitted program; their final states.
+
+    keys:       a batch of keys, e.g. ``jax.random.split(key, n)`` or ``jax.vmap(jax.random.key)(seeds)``.
+    params, x0: passed to ``optimizer.init``; shared by every run (not batched).
+
+    Each run derives its keys from its own key as ``run`` does, so ``run_many(...)`` indexed at
+    ``i`` is the final state of ``run(optimizer, optimizee, keys[i], n_generations, ...)``: the same
+    random numbers, though XLA may round batched matrix products and reductions differently, so
+    states can differ in the last float32 bits. Nothing is recorded on the way. The returned
+    ``OptState`` has a leading axis of ``len(keys)``.
+
+    Example::
+
+        states = l2ljax.run_many(opt, problem, jax.random.split(jax.random.key(0), 8), 100)
+        best_fitness = -states.best_score  # (8,) for a minimised problem
+    """
+    n_generations = check_positive_int(n_generations, "n_generations")
+    keys = _as_key_batch(keys)
+    params = optimizer.default_params if params is None else params
+    optimizer.check_params(params)  # here, on concrete values: under jit, init sees only their shapes
+    if x0 is not None and not all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(x0)):
+        raise ValueError("x0 contains NaN or inf")
+    return _many_program(optimizer, optimizee, n_generations)(keys, params, x0)
+
+
+def _as_key_batch(keys: Any) -> jax.Array:
+    """A 1-D batch of typed keys, from typed keys or a (n, 2) batch of legacy uint32 keys."""
+    keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
+    if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) and keys.dtype == jnp.uint32 and keys.ndim == 2:
+        keys = jax.random.wrap_key_data(keys)
+    if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) or keys.ndim != 1 or keys.shape[0] == 0:
+        raise TypeError(f"expected a non-empty 1-D batch of JAX PRNG keys (jax.random.split(key, n)), got an "
+                        f"array of dtype {keys.dtype} and shape {keys.shape}")
+    return keys
+
+
+@functools.lru_cache(maxsize=32)
+def _many_program(optimizer: Optimizer, optimizee: Optimizee, n_generations: int) -> Callable:
+    """Jitted vmap over keys of ``init`` and a ``lax.scan`` of ``step``; cached like ``_scan_chunk``."""
+    step = make_step(optimizer, optimizee, keep_population=False)
+
+    def one(key: jax.Array, params: Any, x0: Any) -> OptState:
+        k_init, run_key = jax.random.split(key)
+        state = optimizer.init(k_init, params, x0)
+        state, _ = jax.lax.scan(lambda s, _: (step(s, run_key)[0], None), state, None, length=n_generations)
+        return state
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+
+
 def _run_meta(optimizer: Optimizer, optimizee: Optimizee, n_generations: int, keep_population: bool) -> dict:
     from l2ljax import __version__
 
@@ -234,11 +288,18 @@ def _run_meta(optimizer: Optimizer, optimizee: Optimizee, n_generations: int, ke
         "jax_version": jax.__version__,
         "optimizer": optimizer.config(),
         "optimizee": {"name": optimizee.name, "dim": optimizee.space.dim, "weights": optimizee.weights,
-                      "noise_std": optimizee.noise_std, "lower": optimizee.space.lower,
-                      "upper": optimizee.space.upper, **optimizee.info},
+                      "noise_std": optimizee.noise_std, **_bounds_summary(optimizee), **optimizee.info},
         "n_generations": n_generations,
         "keep_population": keep_population,
     }
+
+
+def _bounds_summary(optimizee: Optimizee, max_listed: int = 64) -> dict:
+    """Bounds per coordinate for small spaces; their range for large ones (network weights)."""
+    lower, upper = optimizee.space.lower, optimizee.space.upper
+    if lower.size <= max_listed:
+        return {"lower": lower, "upper": upper}
+    return {"lower_min": float(lower.min()), "upper_max": float(upper.max())}
 
 
 def _open_directory(directory: Path, meta: dict, state: OptState, run_key: jax.Array, resume: bool):

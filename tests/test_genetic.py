@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_same_trajectory, assert_states_equal
 
 import l2ljax
 from l2ljax.core import make_evaluation
@@ -83,13 +84,8 @@ def test_ackley_10d_converges_and_beats_random_search():
 
 def test_scan_equals_host_loop():
     scan, host = rastrigin_run(0), rastrigin_run(0, chunk_size=1)
-    assert scan.trajectory.keys() == host.trajectory.keys()
-    for name in scan.trajectory:
-        np.testing.assert_array_equal(scan.trajectory[name], host.trajectory[name], err_msg=name)
-    for a, b in zip(jax.tree_util.tree_leaves(scan.state), jax.tree_util.tree_leaves(host.state), strict=True):
-        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_same_trajectory(scan.trajectory, host.trajectory)
+    assert_states_equal(scan.state, host.state)
 
 
 def test_reproducible():

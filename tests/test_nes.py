@@ -1,40 +1,16 @@
 """Separable NES: the paper's utilities and update against numpy, convergence, NaN safety, vmap."""
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_nan_region_never_selected, assert_scan_equals_host_loop, final_best, nan_region_run
 
 import l2ljax
 from l2ljax.core import make_evaluation
 from l2ljax.optimizers.nes import NaturalEvolutionStrategies, nes_utilities
-
-
-def final_best(opt, problem, n_generations, seeds, params=None, x0=None):
-    """Best fitness after ``n_generations`` for each seed: one jit of a vmap over runs."""
-    step = l2ljax.make_step(opt, problem, keep_population=False)
-
-    def one(key):
-        k_init, run_key = jax.random.split(key)
-        state = opt.init(k_init, params, x0)
-        state, _ = jax.lax.scan(lambda s, _: step(s, run_key), state, None, length=n_generations)
-        return -state.best_score  # the benchmarks are minimised: fitness = -score
-
-    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
-    return np.asarray(jax.jit(jax.vmap(one))(keys))
-
-
-def nan_region_problem():
-    """f(x) = Σ(x − 2)², NaN where x₀ > 1: the unconstrained optimum lies in the NaN region."""
-
-    def fn(x, key):
-        return jnp.where(x[0] > 1.0, jnp.nan, jnp.sum(jnp.square(x - 2.0)))
-
-    return l2ljax.Optimizee.create(fn, jnp.zeros(2), lower=-5.0, upper=5.0)
-
 
 # --------------------------------------------------------------------------- the paper's formulas
 
@@ -135,33 +111,15 @@ def test_converges_and_beats_random_search(name, dim, pop_size, learning_rate_si
 
 @pytest.fixture(scope="module")
 def nan_run():
-    """A run on the NaN-region problem (scan), shared by the NaN and the scan == host tests."""
-    problem = nan_region_problem()
-    opt = NaturalEvolutionStrategies(problem, pop_size=10)
-    run = functools.partial(l2ljax.run, opt, problem, jax.random.key(3), 150, x0=jnp.array([-2.0, -2.0]))
-    return run, run()
+    return nan_region_run(lambda problem: NaturalEvolutionStrategies(problem, pop_size=10), 150)
 
 
 def test_nan_region_is_never_selected(nan_run):
-    _, result = nan_run
-    population, best_x = result.trajectory["population"], result.trajectory["best_x"]
-    assert np.mean(population[..., 0] > 1.0) > 0.05  # the search does probe the NaN region
-    assert np.all(best_x[:, 0] <= 1.0)
-    assert np.all(np.isfinite(result.trajectory["best_score"]))
-    for leaf in jax.tree_util.tree_leaves(result.state.inner):
-        assert np.all(np.isfinite(leaf))
-    assert result.best_fitness[0] < 1.0 + 1e-2  # the feasible optimum is (1, 2) with f = 1
+    assert_nan_region_never_selected(nan_run[1], probed_fraction=0.05, best_fitness_below=1.0 + 1e-2)
 
 
 def test_scan_equals_host_loop_and_is_reproducible(nan_run):
-    """Two separately compiled paths (one scan; a host loop of one-generation scans), same numbers."""
-    run, scan = nan_run
-    host = run(chunk_size=1)
-    assert scan.trajectory.keys() == host.trajectory.keys()
-    for field, value in scan.trajectory.items():
-        np.testing.assert_array_equal(value, host.trajectory[field], err_msg=field)  # NaN fitness included
-    for a, b in zip(jax.tree_util.tree_leaves(scan.state), jax.tree_util.tree_leaves(host.state), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_scan_equals_host_loop(*nan_run)
 
 
 def test_all_nan_generation_keeps_the_state_finite():

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_same_trajectory, assert_states_equal, final_best
 
 import l2ljax
 from l2ljax.core import Optimizee, make_evaluation
@@ -154,20 +155,15 @@ def tempering(problem):  # one object per problem, so its compiled run is reused
                              n_iteration=N_GEN)
 
 
-def best_fitness(opt, problem, seeds):
-    return np.array([-l2ljax.run(opt, problem, jax.random.key(s), N_GEN, keep_population=False).best_score
-                     for s in seeds])
-
-
 @pytest.mark.parametrize("problem, tol", [(RASTRIGIN, 0.02), (ROSENBROCK, 0.01)], ids=["rastrigin", "rosenbrock"])
 def test_converges(problem, tol):
-    pt = best_fitness(tempering(problem), problem, range(4))
+    pt = final_best(tempering(problem), problem, N_GEN, range(4))
     assert np.all(pt < tol), pt  # minimum 0
 
 
 def test_beats_random_search_at_equal_budget():
-    pt = best_fitness(tempering(RASTRIGIN), RASTRIGIN, range(4))
-    rs = best_fitness(l2ljax.RandomSearch(RASTRIGIN, N_CHAINS), RASTRIGIN, range(4))  # 16 × 300 evaluations each
+    pt = final_best(tempering(RASTRIGIN), RASTRIGIN, N_GEN, range(4))
+    rs = final_best(l2ljax.RandomSearch(RASTRIGIN, N_CHAINS), RASTRIGIN, N_GEN, range(4))  # 16 × 300 evaluations each
     assert np.all(pt < rs), (pt, rs)
     assert np.median(pt) < 0.05 * np.median(rs), (pt, rs)
 
@@ -179,13 +175,9 @@ def test_run_swaps_keeps_temperatures_ordered_scan_equals_host_reproducible():
     again = l2ljax.run(opt, RASTRIGIN, jax.random.key(3), N_GEN)
     other = l2ljax.run(opt, RASTRIGIN, jax.random.key(4), N_GEN)
     t = scan.trajectory
-    for name in t:
-        np.testing.assert_array_equal(t[name], host.trajectory[name], err_msg=name)
-        np.testing.assert_array_equal(t[name], again.trajectory[name], err_msg=name)
-    for a, b in zip(jax.tree_util.tree_leaves(scan.state), jax.tree_util.tree_leaves(host.state), strict=True):
-        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
-        np.testing.assert_array_equal(a, b)
+    assert_same_trajectory(t, host.trajectory)
+    assert_same_trajectory(t, again.trajectory)
+    assert_states_equal(scan.state, host.state)
     assert not np.array_equal(t["population"], other.trajectory["population"])
 
     temps = t["diag/temperatures"]  # (generations, chains): acceptance temperatures T_i(g + 1)

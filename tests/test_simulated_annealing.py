@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_same_trajectory, assert_states_equal, final_best
 
 import l2ljax
 from l2ljax.core import Optimizee, make_evaluation
@@ -161,22 +162,17 @@ def annealer(problem):  # one object per problem, so its compiled run is reused 
     return opt, opt.default_params.replace(noisy_step=0.3, T0=5.0, Tn=0.01)
 
 
-def best_fitness(opt, problem, seeds, params=None):
-    return np.array([-l2ljax.run(opt, problem, jax.random.key(s), N_GEN, params=params,
-                                 keep_population=False).best_score for s in seeds])
-
-
 @pytest.mark.parametrize("problem, tol", [(RASTRIGIN, 0.15), (ACKLEY, 0.05)], ids=["rastrigin", "ackley"])
 def test_converges(problem, tol):
     opt, params = annealer(problem)
-    sa = best_fitness(opt, problem, range(4), params)
+    sa = final_best(opt, problem, N_GEN, range(4), params)
     assert np.all(sa < tol), sa  # minimum 0 at the origin
 
 
 def test_beats_random_search_at_equal_budget():
     opt, params = annealer(RASTRIGIN)
-    sa = best_fitness(opt, RASTRIGIN, range(4), params)
-    rs = best_fitness(l2ljax.RandomSearch(RASTRIGIN, N_RUNS), RASTRIGIN, range(4))  # 32 × 150 evaluations each
+    sa = final_best(opt, RASTRIGIN, N_GEN, range(4), params)
+    rs = final_best(l2ljax.RandomSearch(RASTRIGIN, N_RUNS), RASTRIGIN, N_GEN, range(4))  # 32 × 150 evaluations each
     assert np.all(sa < rs), (sa, rs)
     assert np.median(sa) < 0.2 * np.median(rs), (sa, rs)
 
@@ -187,15 +183,10 @@ def test_scan_equals_host_loop_and_reproducible():
     host = l2ljax.run(opt, ACKLEY, jax.random.key(3), N_GEN, params=params, chunk_size=1)
     again = l2ljax.run(opt, ACKLEY, jax.random.key(3), N_GEN, params=params)
     other = l2ljax.run(opt, ACKLEY, jax.random.key(4), N_GEN, params=params)
-    assert scan.trajectory.keys() == host.trajectory.keys()
     assert {"diag/temperature", "diag/acceptance_rate"} <= scan.trajectory.keys()
-    for name in scan.trajectory:
-        np.testing.assert_array_equal(scan.trajectory[name], host.trajectory[name], err_msg=name)
-        np.testing.assert_array_equal(scan.trajectory[name], again.trajectory[name], err_msg=name)
-    for a, b in zip(jax.tree_util.tree_leaves(scan.state), jax.tree_util.tree_leaves(host.state), strict=True):
-        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
-        np.testing.assert_array_equal(a, b)
+    assert_same_trajectory(scan.trajectory, host.trajectory)
+    assert_same_trajectory(scan.trajectory, again.trajectory)
+    assert_states_equal(scan.state, host.state)
     assert not np.array_equal(scan.trajectory["population"], other.trajectory["population"])
     # generation g records the temperature of its acceptance test, T(g + 1)
     want = [ref_temperature("linear_additive", k, 5.0, 0.01, 0, N_GEN) for k in range(1, N_GEN + 1)]
