@@ -173,17 +173,15 @@ def run(
     k_init, run_key = jax.random.split(as_key(key))
     if state is None:
         state = optimizer.init(k_init, params, x0)
-    callbacks = list(callbacks)
-    if progress:
-        callbacks.append(ProgressBar(n_generations))
     if chunk_size is None:
-        if callbacks and not progress or not optimizee.jittable:
+        if callbacks or not optimizee.jittable:
             chunk_size = 1
         elif directory is not None or progress:
             chunk_size = max(1, n_generations // 100)
         else:
             chunk_size = n_generations
     chunk_size = check_positive_int(chunk_size, "chunk_size")
+    callbacks = [*callbacks, ProgressBar(n_generations)] if progress else list(callbacks)
 
     history: list[Record] = []
     generation = int(state.generation)
