@@ -42,7 +42,6 @@ def plot_test_error(rows: list[list], path: Path, title: str) -> bool:
     ax.plot(iterations, errors, marker="o", markersize=3)
     ax.set_xlabel("iteration")
     ax.set_ylabel("test error of the ensemble mean (%)")
-    ax.set_yscale("log")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
