@@ -81,9 +81,9 @@ def jax_side(members: int, batch: int, repeats: int, formulations: list[str]) ->
     return out
 
 
-def torch_side(python: str, members: int, batch: int, iterations: int, threads: int) -> dict:
+def torch_side(python: str, members: int, batch: int, iterations: int, threads: int, device: str) -> dict:
     cmd = [python, os.path.join(HERE, "lod_reference_torch.py"), "--members", str(members), "--batch",
-           str(batch), "--iterations", str(iterations), "--threads", str(threads)]
+           str(batch), "--iterations", str(iterations), "--threads", str(threads), "--device", device]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--torch-python", default="/work/envs/torch/bin/python")
     parser.add_argument("--torch-iterations", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--torch-device", default="cuda" if jax.default_backend() == "gpu" else "cpu")
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -108,7 +109,7 @@ def main() -> None:
               "l2ljax": jax_side(args.members, args.batch, args.repeats, formulations)}
     if not args.skip_torch:
         report["torch_reference"] = torch_side(args.torch_python, args.members, args.batch,
-                                               args.torch_iterations, args.threads)
+                                               args.torch_iterations, args.threads, args.torch_device)
         ref = report["torch_reference"]["min_total_s"]  # best iteration of the reference, as ours is best-of
         report["speedup_vs_reference_sequential"] = ref / report["l2ljax"]["step_sequential_s"]
         report["speedup_vs_reference_batch"] = ref / report["l2ljax"]["step_batch_s"]
