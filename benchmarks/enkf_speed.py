@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import machine_info, write_report
 
 from l2ljax import kalman, models
 from l2ljax.core import as_key
@@ -76,7 +76,7 @@ def jax_side(members: int, batch: int, repeats: int, formulations: list[str]) ->
                                    outputs_per_sample=10)
         state = opt.init(as_key(key))
         step = jax.jit(make_step(opt, problem, keep_population=False))
-        out[f"step_{mode}_s"] = best_time(lambda s: step(s, key)[0], state, repeats=repeats)
+        out[f"step_{mode}_s"] = best_time(lambda s, step=step: step(s, key)[0], state, repeats=repeats)
         print(json.dumps({f"step_{mode}_s": out[f"step_{mode}_s"]}), flush=True)
     return out
 
@@ -103,9 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     gpu = jax.default_backend() == "gpu"
     formulations = args.formulations or (["grouped", "vmap", "mapped"] if gpu else ["mapped", "vmap", "grouped"])
-    report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-              "members": args.members, "batch": args.batch,
+    report = {**machine_info(), "members": args.members, "batch": args.batch,
               "l2ljax": jax_side(args.members, args.batch, args.repeats, formulations)}
     if not args.skip_torch:
         report["torch_reference"] = torch_side(args.torch_python, args.members, args.batch,
@@ -113,10 +111,7 @@ def main() -> None:
         ref = report["torch_reference"]["min_total_s"]  # best iteration of the reference, as ours is best-of
         report["speedup_vs_reference_sequential"] = ref / report["l2ljax"]["step_sequential_s"]
         report["speedup_vs_reference_batch"] = ref / report["l2ljax"]["step_batch_s"]
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    print(json.dumps(report, indent=2))
+    write_report(report, args.json)
 
 
 if __name__ == "__main__":

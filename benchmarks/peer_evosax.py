@@ -114,10 +114,10 @@ def _to_json(v):
 
 
 def build(args):
+    import evosax.algorithms as algos
     import jax
     import jax.numpy as jnp
     import optax
-    import evosax.algorithms as algos
 
     cls = getattr(algos, STRATEGIES[args.strategy])
     solution = jnp.zeros((args.dim,), dtype=jnp.float32)
@@ -184,6 +184,7 @@ def build(args):
 def main(argv=None):
     args = parse_args(argv)
     from importlib import metadata
+
     import jax
 
     run, defaults, ctor, set_by_benchmark = build(args)

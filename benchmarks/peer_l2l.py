@@ -110,8 +110,7 @@ def _make_optimizer(name, traj, optimizee, pop, gens, seed):
     inf = np.inf
     weights = (-1.0,)  # minimise the raw function value
     if name == "crossentropy":
-        from l2l.optimizers.crossentropy import (CrossEntropyOptimizer,
-                                                 CrossEntropyParameters)
+        from l2l.optimizers.crossentropy import CrossEntropyOptimizer, CrossEntropyParameters
         from l2l.optimizers.crossentropy.distribution import NoisyGaussian
         params = CrossEntropyParameters(
             pop_size=pop, rho=0.9, smoothing=0.0, temp_decay=0, n_iteration=gens,
@@ -122,8 +121,7 @@ def _make_optimizer(name, traj, optimizee, pop, gens, seed):
             optimizee_fitness_weights=weights, parameters=params,
             optimizee_bounding_func=optimizee.bounding_func)
     elif name == "ga":
-        from l2l.optimizers.evolution import (GeneticAlgorithmOptimizer,
-                                              GeneticAlgorithmParameters)
+        from l2l.optimizers.evolution import GeneticAlgorithmOptimizer, GeneticAlgorithmParameters
         params = GeneticAlgorithmParameters(
             seed=seed, pop_size=pop, cx_prob=0.5, mut_prob=0.3, n_iteration=gens,
             ind_prob=0.02, tourn_size=15, mate_par=0.5, mut_par=1)
@@ -133,8 +131,10 @@ def _make_optimizer(name, traj, optimizee, pop, gens, seed):
             optimizee_bounding_func=optimizee.bounding_func)
     elif name == "sa":
         from l2l.optimizers.simulatedannealing.optimizer import (
-            AvailableCoolingSchedules, SimulatedAnnealingOptimizer,
-            SimulatedAnnealingParameters)
+            AvailableCoolingSchedules,
+            SimulatedAnnealingOptimizer,
+            SimulatedAnnealingParameters,
+        )
         params = SimulatedAnnealingParameters(
             n_parallel_runs=pop, noisy_step=0.03, temp_decay=0.99,
             n_iteration=gens, stop_criterion=inf, seed=seed,
@@ -144,8 +144,7 @@ def _make_optimizer(name, traj, optimizee, pop, gens, seed):
             optimizee_fitness_weights=weights, parameters=params,
             optimizee_bounding_func=optimizee.bounding_func)
     elif name == "gd":
-        from l2l.optimizers.gradientdescent.optimizer import (
-            ClassicGDParameters, GradientDescentOptimizer)
+        from l2l.optimizers.gradientdescent.optimizer import ClassicGDParameters, GradientDescentOptimizer
         # one generation = current point + n_random_steps perturbations
         params = ClassicGDParameters(
             learning_rate=0.01, exploration_step_size=0.01,
@@ -183,11 +182,12 @@ def run_child(args):
     marks = {"t_spawn": t_spawn, "t_child_start": time.time()}
 
     from importlib import metadata
-    import numpy as np
+
     import l2l.utils.runner as l2l_runner
-    from l2l.utils.experiment import Experiment
+    import numpy as np
     from l2l.optimizees.functions.benchmarked_functions import BenchmarkedFunctions
     from l2l.optimizees.functions.optimizee import FunctionGeneratorOptimizee
+    from l2l.utils.experiment import Experiment
     marks["t_imported"] = time.time()
 
     # ---- observe (not alter) the runner: worker launch and per-generation time

@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
-import sys
 import time
 
 import jax
-import numpy as np
+from common import machine_info, write_report
 
 import l2ljax
 
@@ -83,16 +81,10 @@ def main() -> None:
     parser.add_argument("--skip-l2l", action="store_true")
     parser.add_argument("--json", help="write all results to this file")
     args = parser.parse_args()
-    report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "python": sys.version.split()[0], "jax": jax.__version__, "numpy": np.__version__,
-              "devices": [str(d) for d in jax.devices()],
-              "throughput_rastrigin10d_cross_entropy": throughput(args.generations)}
+    report = {**machine_info(), "throughput_rastrigin10d_cross_entropy": throughput(args.generations)}
     if not args.skip_l2l:
         report["versus_l2l_cross_entropy_rastrigin2d_pop32"] = versus_l2l(args.l2l_python, args.l2l_generations)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    print(json.dumps(report, indent=2))
+    write_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from l2ljax import trajectory as traj
 
