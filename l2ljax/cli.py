@@ -2,6 +2,7 @@
 
     l2ljax mnist-enkf [--download] [--full] ...   EnKF trains the LOD CNN on MNIST (the main job)
     l2ljax functions [--generations N]            every optimizer on the benchmark functions
+    l2ljax plot RUN_DIR                           progress of a run directory as a PNG
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from l2ljax import trajectory as traj
 
@@ -49,6 +51,39 @@ def plot_test_error(rows: list[list], path: Path, title: str) -> bool:
     plt.close(fig)
     traj.atomic_write(path, lambda f: f.write(buffer.getvalue()))
     return True
+
+
+def plot_run(args: argparse.Namespace) -> Path:
+    """PNG of a run directory's progress: best-so-far and the population's score quantiles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from l2ljax.trajectory import load_trajectory, read_meta
+
+    run_dir = Path(args.directory)
+    t = load_trajectory(run_dir)
+    meta = read_meta(run_dir)
+    score = np.where(np.isfinite(t["score"]), t["score"], np.nan)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.fill_between(t["generation"], np.nanquantile(score, 0.1, axis=1), np.nanquantile(score, 0.9, axis=1),
+                    alpha=0.25, label="population 10-90 %")
+    ax.plot(t["generation"], np.nanmedian(score, axis=1), label="population median")
+    ax.plot(t["generation"], t["best_score"], label="best so far")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("score = fitness · weights (maximised)")
+    ax.set_title(f"{meta['optimizer']['name']} on {meta['optimizee']['name']}", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(args.output) if args.output else run_dir / "progress.png"
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    traj.atomic_write(out, lambda f: f.write(buffer.getvalue()))
+    print(f"wrote {out}")
+    return out
 
 
 def mnist_enkf(args: argparse.Namespace) -> dict:
@@ -171,11 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("--functions", nargs="*")
     table.add_argument("--seed", type=int, default=0)
 
+    plot = sub.add_parser("plot", help="plot a run directory's progress to PNG")
+    plot.add_argument("directory")
+    plot.add_argument("--output", help="PNG path (default: DIRECTORY/progress.png)")
+
     args = parser.parse_args(argv)
-    if args.command == "mnist-enkf":
-        mnist_enkf(args)
-    else:
-        functions_table(args)
+    {"mnist-enkf": mnist_enkf, "functions": functions_table, "plot": plot_run}[args.command](args)
 
 
 if __name__ == "__main__":
