@@ -7,7 +7,8 @@ sequential lstsq updates), on the same machine in the same run.
 Times (best of ``--repeats`` after a warm-up compile): forward with each formulation (vmap of the
 single-member forward, member-chunked, grouped convolution), the whole-batch update (M = B·10)
 and the LOD sample-sequential update, and the full l2ljax generation step (what ``run`` executes).
-Precision: float32 with XLA's default matmul precision on the platform, unless ``--precision``.
+Precision: float32 with XLA's default matmul/conv precision on the platform; the first
+formulation is also timed in bfloat16 (weights and images cast), with its logit error.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def jax_side(members: int, batch: int, repeats: int, formulations: list[str]) ->
         out[f"forward_{name}_s"] = seconds
         out[f"forward_{name}_max_abs_diff"] = float(jnp.max(jnp.abs(logits - reference)))
         print(json.dumps({name: seconds}), flush=True)
+    best = forwards[formulations[0]]
+    out[f"forward_{formulations[0]}_bf16_s"] = best_time(best, U.astype(jnp.bfloat16), images.astype(jnp.bfloat16),
+                                                         repeats=repeats)
+    bf16 = best(U.astype(jnp.bfloat16), images.astype(jnp.bfloat16)).astype(jnp.float32)
+    out["bf16_max_abs_logit_diff"] = float(jnp.max(jnp.abs(bf16 - reference)))
+    out["bf16_argmax_agreement"] = float(jnp.mean(jnp.argmax(bf16, -1) == jnp.argmax(reference, -1)))
+    print(json.dumps({k: v for k, v in out.items() if "bf16" in k}), flush=True)
     G = forwards[formulations[0]](U, images)
     batch_update = jax.jit(lambda k, U, G: kalman.eki_update(k, U, G.reshape(members, -1), y.ravel(), 0.01))
     seq_update = jax.jit(lambda k, U, G: kalman.eki_update_sequential(k, U, G, y, 0.01))

@@ -100,7 +100,8 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     if args.train_subset:
         train_images, train_labels = train_images[:args.train_subset], train_labels[:args.train_subset]
     problem = mnist_optimizee(train_images, train_labels, model=args.model, batch_size=args.batch,
-                              repetitions=args.repetitions, init_std=args.init_std, seed=args.seed)
+                              repetitions=args.repetitions, init_std=args.init_std, seed=args.seed,
+                              precision=args.precision)
     opt = EnsembleKalmanFilter(problem, pop_size=args.members, sequential=args.mode == "sequential",
                                outputs_per_sample=10, stochastic=args.stochastic)
     params = opt.default_params.replace(gamma=args.gamma)
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
                       help="LOD sample-sequential update, or one update with the whole batch")
     enkf.add_argument("--stochastic", action="store_true", help="perturbed observations")
     enkf.add_argument("--model", choices=["lod_cnn", "mlp"], default="lod_cnn")
+    enkf.add_argument("--precision", choices=["default", "highest", "bfloat16"], default="default",
+                      help="precision of the ensemble forward pass (the update is always float32)")
     enkf.add_argument("--eval-every", type=int, default=50)
     enkf.add_argument("--full", action="store_true", help="the full LOD setting: J=5000, 7500 iterations")
     enkf.add_argument("--data-dir", help="MNIST IDX files (default: $L2LJAX_MNIST_DIR or ~/.cache/l2ljax/mnist)")

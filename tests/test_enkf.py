@@ -162,3 +162,20 @@ def test_step_schedule_scales_the_step_size():
     decaying = l2ljax.EnsembleKalmanFilter(problem, pop_size=20, step_schedule=lambda t: 0.5 ** t)
     c = l2ljax.run(decaying, problem, jax.random.key(0), 3)
     assert not np.allclose(c.state.inner.ensemble, a.state.inner.ensemble, atol=1e-4)
+
+
+def test_bfloat16_forward_matches_float32_closely_and_bad_precision_is_named():
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (256, 28, 28), dtype=np.uint8), rng.integers(0, 10, 256)
+    f32 = mnist_optimizee(images, labels, batch_size=64)
+    b16 = mnist_optimizee(images, labels, batch_size=64, precision="bfloat16")
+    population = 0.1 * jax.random.normal(jax.random.key(0), (12, f32.space.dim))
+    a = f32.evaluate_flat(jax.random.key(1), population)
+    b = b16.evaluate_flat(jax.random.key(1), population)
+    assert b.outputs.dtype == jnp.float32
+    np.testing.assert_allclose(b.outputs, a.outputs, atol=0.1)
+    agree = np.mean(np.argmax(np.asarray(a.outputs).reshape(12, 64, 10), -1)
+                    == np.argmax(np.asarray(b.outputs).reshape(12, 64, 10), -1))
+    assert agree > 0.95
+    with pytest.raises(ValueError, match="precision must be one of"):
+        mnist_optimizee(images, labels, precision="fp8")

