@@ -137,7 +137,7 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
           f"results in {out}", flush=True)
     result = run(opt, problem, jax.random.key(args.seed), args.iterations, params=params, directory=out,
                  resume=args.resume, chunk_size=args.eval_every, callbacks=[evaluate], progress=True,
-                 keep_population=False)
+                 summary=True)
     seconds = time.perf_counter() - start
     summary = {"final_test_accuracy": curve[-1][1] if curve else float("nan"), "iterations": result.generations,
                "seconds": seconds, "members": args.members, "mode": args.mode}

@@ -38,7 +38,11 @@ Callback = Callable[[Record, OptState], Any]
 
 
 class RunResult(NamedTuple):
-    """What ``run`` returns. ``trajectory`` holds every generation run so far (resumed ones too)."""
+    """What ``run`` returns. ``trajectory`` holds every generation run so far (resumed ones too).
+
+    ``best_fitness`` is the raw fitness of the best individual; NaN with ``summary=True``, where
+    individual fitness is not recorded (``best_score`` still is).
+    """
 
     state: OptState
     trajectory: dict[str, np.ndarray]
@@ -55,25 +59,36 @@ def generation_keys(run_key: jax.Array, generation: jax.Array) -> tuple[jax.Arra
     return k_ask, k_eval
 
 
+def record_level(keep_population: bool, summary: bool) -> str:
+    """'summary' (per-generation statistics only), 'individuals' (+ every fitness, best_x), 'population'."""
+    return "summary" if summary else ("population" if keep_population else "individuals")
+
+
 def _record(optimizer: Optimizer, state: OptState, population: jax.Array, evaluation: Evaluation,
-            generation: jax.Array, keep_population: bool) -> Record:
-    record = {
-        "generation": generation,
-        "fitness": evaluation.fitness,
-        "score": evaluation.score,
-        "best_score": state.best_score,
-        "best_x": state.best_x,
-    }
-    if keep_population:
+            generation: jax.Array, level: str) -> Record:
+    record = {"generation": generation, "best_score": state.best_score}
+    if level == "summary":  # O(1) per generation: for large populations of large individuals
+        finite = jnp.isfinite(evaluation.score)
+        masked = jnp.where(finite, evaluation.score, jnp.nan)
+        record.update(score_max=jnp.nanmax(masked), score_mean=jnp.nanmean(masked), score_min=jnp.nanmin(masked),
+                      n_failed=jnp.sum(~finite))
+    else:
+        record.update(fitness=evaluation.fitness, score=evaluation.score, best_x=state.best_x)
+    if level == "population":
         record["population"] = population
     for name, value in optimizer.diagnostics(state).items():
         record[f"diag/{name}"] = jnp.asarray(value)
     return record
 
 
-def make_step(optimizer: Optimizer, optimizee: Optimizee, *, keep_population: bool = True
+def make_step(optimizer: Optimizer, optimizee: Optimizee, *, keep_population: bool = True, summary: bool = False
               ) -> Callable[[OptState, jax.Array], tuple[OptState, Record]]:
-    """One generation as a pure function ``step(state, run_key) -> (state, record)``."""
+    """One generation as a pure function ``step(state, run_key) -> (state, record)``.
+
+    The record holds what ``run`` stores per generation (see ``run``'s ``keep_population`` and
+    ``summary``); under ``jit`` whatever the caller drops is never computed.
+    """
+    level = record_level(keep_population, summary)
     if not optimizee.jittable:
         raise ValueError(f"{optimizee.name} is not jittable: use run(...), which evaluates it on the host")
 
@@ -82,20 +97,18 @@ def make_step(optimizer: Optimizer, optimizee: Optimizee, *, keep_population: bo
         population = optimizer.ask_flat(k_ask, state)
         evaluation = optimizee.evaluate_flat(k_eval, population, state.generation)
         new_state = optimizer.tell_flat(state, population, evaluation)
-        return new_state, _record(optimizer, new_state, population, evaluation, state.generation,
-                                  keep_population)
+        return new_state, _record(optimizer, new_state, population, evaluation, state.generation, level)
 
     return step
 
 
 @functools.lru_cache(maxsize=32)
-def _scan_chunk(optimizer: Optimizer, optimizee: Optimizee, keep_population: bool,
-                stop_criterion: float | None) -> Callable:
+def _scan_chunk(optimizer: Optimizer, optimizee: Optimizee, level: str, stop_criterion: float | None) -> Callable:
     """Jitted ``lax.scan`` of ``length`` generations; generations after a stop are skipped.
 
     Cached per configuration so repeated runs (sweeps, tests, resumes) compile once.
     """
-    step = make_step(optimizer, optimizee, keep_population=keep_population)
+    step = make_step(optimizer, optimizee, keep_population=level == "population", summary=level == "summary")
 
     def chunk(state: OptState, run_key: jax.Array, length: int) -> tuple[OptState, Record, jax.Array]:
         blank = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
@@ -115,11 +128,11 @@ def _scan_chunk(optimizer: Optimizer, optimizee: Optimizee, keep_population: boo
     return jax.jit(chunk, static_argnums=2)
 
 
-def _host_step(optimizer: Optimizer, optimizee: Optimizee, keep_population: bool) -> Callable:
+def _host_step(optimizer: Optimizer, optimizee: Optimizee, level: str) -> Callable:
     """One generation for optimizees that are not JAX code: ask/tell jitted, evaluation on the host."""
     ask = jax.jit(optimizer.ask_flat)
     tell = jax.jit(optimizer.tell_flat)
-    record = jax.jit(lambda s, p, e, g: _record(optimizer, s, p, e, g, keep_population))
+    record = jax.jit(lambda s, p, e, g: _record(optimizer, s, p, e, g, level))
 
     def chunk(state: OptState, run_key: jax.Array, length: int):
         assert length == 1
@@ -149,6 +162,7 @@ def run(
     stop_criterion: float | None = None,
     progress: bool = False,
     keep_population: bool = True,
+    summary: bool = False,
 ) -> RunResult:
     """Optimise ``optimizee`` with ``optimizer`` for up to ``n_generations`` generations.
 
@@ -166,6 +180,9 @@ def run(
                     with weight -1, ``-1e-3`` means "stop when f <= 1e-3"). L2L's parameter.
     progress:       a progress line on stderr.
     keep_population: record the whole population each generation (J × dim floats).
+    summary:        record only per-generation statistics (best, max/mean/min score, failures,
+                    diagnostics), not every individual's fitness nor best_x: for large
+                    populations of large individuals (e.g. EnKF on network weights).
     """
     n_generations = check_positive_int(n_generations, "n_generations")
     if stop_criterion is not None and math.isnan(float(stop_criterion)):
@@ -181,20 +198,21 @@ def run(
         else:
             chunk_size = n_generations
     chunk_size = check_positive_int(chunk_size, "chunk_size")
+    level = record_level(keep_population, summary)
     callbacks = [*callbacks, ProgressBar(n_generations)] if progress else list(callbacks)
 
     history: list[Record] = []
     generation = int(state.generation)
     if directory is not None:
         directory = Path(directory)
-        meta = _run_meta(optimizer, optimizee, n_generations, keep_population)
+        meta = _run_meta(optimizer, optimizee, n_generations, level)
         state, run_key, generation, history = _open_directory(directory, meta, state, run_key, resume)
 
     if optimizee.jittable:
-        chunk = _scan_chunk(optimizer, optimizee, keep_population,
+        chunk = _scan_chunk(optimizer, optimizee, level,
                             None if stop_criterion is None else float(stop_criterion))
     else:
-        chunk, chunk_size = _host_step(optimizer, optimizee, keep_population), 1
+        chunk, chunk_size = _host_step(optimizer, optimizee, level), 1
 
     stopped = stop_criterion is not None and float(state.best_score) >= stop_criterion and generation > 0
     while generation < n_generations and not stopped:
@@ -219,7 +237,7 @@ def run(
 
     trajectory = {name: np.concatenate([h[name] for h in history]) for name in history[0]} if history else {}
     best_fitness = np.full(optimizee.n_objectives, np.nan)
-    if trajectory and np.isfinite(trajectory["score"]).any():
+    if "score" in trajectory and np.isfinite(trajectory["score"]).any():
         g, j = np.unravel_index(np.argmax(trajectory["score"]), trajectory["score"].shape)
         best_fitness = trajectory["fitness"][g, j]
     return RunResult(state, trajectory, optimizer.best(state), float(state.best_score), best_fitness,
@@ -278,7 +296,7 @@ def _many_program(optimizer: Optimizer, optimizee: Optimizee, n_generations: int
     return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
 
 
-def _run_meta(optimizer: Optimizer, optimizee: Optimizee, n_generations: int, keep_population: bool) -> dict:
+def _run_meta(optimizer: Optimizer, optimizee: Optimizee, n_generations: int, level: str) -> dict:
     from l2ljax import __version__
 
     return {
@@ -288,7 +306,7 @@ def _run_meta(optimizer: Optimizer, optimizee: Optimizee, n_generations: int, ke
         "optimizee": {"name": optimizee.name, "dim": optimizee.space.dim, "weights": optimizee.weights,
                       "noise_std": optimizee.noise_std, **_bounds_summary(optimizee), **optimizee.info},
         "n_generations": n_generations,
-        "keep_population": keep_population,
+        "record": level,
     }
 
 
@@ -307,7 +325,7 @@ def _open_directory(directory: Path, meta: dict, state: OptState, run_key: jax.A
             raise FileExistsError(f"{directory} already holds a run: pass resume=True to continue it, "
                                   "or choose another directory")
         stored = traj.read_meta(directory)
-        for field in ("optimizer", "optimizee", "keep_population"):
+        for field in ("optimizer", "optimizee", "record"):
             if _normalise(stored.get(field)) != _normalise(meta[field]):
                 raise ValueError(f"cannot resume {directory}: its {field} differs from this run's "
                                  f"({stored.get(field)} vs {meta[field]})")

@@ -15,9 +15,11 @@ drops chunks the checkpoint does not cover. Without l2ljax::
     chunks = [np.load(f) for f in sorted(glob.glob("run/trajectory/chunk_*.npz"))]
     fitness = np.concatenate([c["fitness"] for c in chunks])   # (generations, J, n_obj)
 
-Fields: ``generation`` (G,), ``fitness`` (G, J, n_obj), ``score`` (G, J), ``best_score`` (G,),
-``best_x`` (G, dim), ``population`` (G, J, dim) unless disabled, and ``diag/<name>`` for the
-optimizer's diagnostics.
+Fields: ``generation`` (G,), ``best_score`` (G,), ``diag/<name>`` (the optimizer's
+diagnostics), and ``fitness`` (G, J, n_obj), ``score`` (G, J), ``best_x`` (G, dim), plus
+``population`` (G, J, dim) unless ``keep_population=False``. With ``summary=True`` the
+per-individual fields are replaced by ``score_max``, ``score_mean``, ``score_min`` and
+``n_failed`` (G,) each.
 """
 
 from __future__ import annotations

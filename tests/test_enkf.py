@@ -143,11 +143,13 @@ def test_enkf_learns_mnist_with_forward_passes_only():
     test_x, test_y = data.test_images[:2000], data.test_labels[:2000]
     state = opt.init(jax.random.key(0))
     before = dataset_accuracy(ensemble, jnp.mean(state.inner.ensemble, 0), test_x, test_y)
-    result = l2ljax.run(opt, problem, jax.random.key(0), 80, keep_population=False)
+    result = l2ljax.run(opt, problem, jax.random.key(0), 80, summary=True)
     after = dataset_accuracy(ensemble, jnp.mean(result.state.inner.ensemble, 0), test_x, test_y)
     assert before < 0.2
     assert after >= 0.25, f"test accuracy {after:.3f} after 80 EnKF iterations"
-    assert result.trajectory["score"][-10:].mean() > result.trajectory["score"][:5].mean() + 0.1
+    assert result.trajectory["score_mean"][-10:].mean() > result.trajectory["score_mean"][:5].mean() + 0.1
+    assert set(result.trajectory) >= {"best_score", "score_max", "n_failed", "diag/misfit"}
+    assert "fitness" not in result.trajectory and np.isnan(result.best_fitness).all()
 
 
 def test_step_schedule_scales_the_step_size():

@@ -222,3 +222,19 @@ def test_grid_search_covers_the_grid_in_slices():
     assert len(unique) == 121
     np.testing.assert_allclose(result.best, [0.0, 0.0], atol=1e-6)  # the grid holds the optimum
     assert result.best_fitness[0] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_summary_records_statistics_only_and_resumes(tmp_path):
+    opt = l2ljax.EvolutionStrategies(PROBLEM, pop_size=8)
+    full = l2ljax.run(opt, PROBLEM, jax.random.key(0), 6)
+    summary = l2ljax.run(opt, PROBLEM, jax.random.key(0), 6, summary=True, directory=tmp_path / "s", chunk_size=2)
+    t = summary.trajectory
+    assert "population" not in t and "fitness" not in t and "best_x" not in t
+    np.testing.assert_array_equal(t["best_score"], full.trajectory["best_score"])
+    np.testing.assert_allclose(t["score_max"], full.trajectory["score"].max(axis=1))
+    np.testing.assert_allclose(t["score_mean"], full.trajectory["score"].mean(axis=1), rtol=1e-6)
+    assert np.all(t["n_failed"] == 0)
+    with pytest.raises(ValueError, match="record differs"):
+        l2ljax.run(opt, PROBLEM, jax.random.key(0), 8, directory=tmp_path / "s", resume=True)
+    resumed = l2ljax.run(opt, PROBLEM, jax.random.key(0), 8, summary=True, directory=tmp_path / "s", resume=True)
+    assert resumed.generations == 8 and len(resumed.trajectory["best_score"]) == 8

@@ -24,7 +24,7 @@ Example::
 
     problem = l2ljax.optimizees.mnist.mnist_optimizee(data, batch_size=64, repetitions=8)
     opt = EnsembleKalmanFilter(problem, pop_size=5000, sequential=True, outputs_per_sample=10)
-    result = l2ljax.run(opt, problem, key, 7500, keep_population=False)
+    result = l2ljax.run(opt, problem, key, 7500, summary=True)
     weights = opt.ensemble_mean(result.state)
 """
 
