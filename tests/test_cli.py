@@ -37,3 +37,11 @@ def test_plot_of_a_run_directory(tmp_path):
     l2ljax.run(l2ljax.RandomSearch(problem, pop_size=8), problem, jax.random.key(0), 5, directory=tmp_path)
     main(["plot", str(tmp_path)])
     assert (tmp_path / "progress.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_of_a_summary_run(tmp_path):
+    problem = l2ljax.function_optimizee("rastrigin", 2)
+    l2ljax.run(l2ljax.RandomSearch(problem, pop_size=8), problem, jax.random.key(0), 5, directory=tmp_path,
+               summary=True)
+    main(["plot", str(tmp_path), "--output", str(tmp_path / "p.png")])
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -166,5 +166,19 @@ def test_tell_checks_shapes():
         opt.tell_flat(state, pop[:, :1], ev)
     with pytest.raises(ValueError, match="do not match the population"):
         opt.tell_flat(state, pop[:5], ev)
-    with pytest.raises(ValueError, match="x0 flattens"):
+    with pytest.raises(ValueError, match="x0 does not match"):
         opt.init(jax.random.key(0), x0=jnp.zeros(3))
+
+
+def test_finite_fitness_that_overflows_once_weighted_is_invalid():
+    ev = make_evaluation(jnp.array([[1e38, -1e38], [1.0, 1.0]]), (10.0, 10.0))
+    assert np.isneginf(np.asarray(ev.score)[0]) and np.asarray(ev.score)[1] == 20.0
+    assert np.isneginf(np.asarray(make_evaluation(jnp.array([1e38, 1.0]), (10.0,)).score)[0])
+
+
+def test_x0_must_match_the_individual_structure():
+    opt = l2ljax.EvolutionStrategies(Optimizee.create(sphere, TEMPLATE), pop_size=4)
+    with pytest.raises(ValueError, match="does not match the individuals' structure"):
+        opt.init(jax.random.key(0), x0={"a": jnp.zeros((2, 2)), "b": jnp.zeros(3)})
+    with pytest.raises(ValueError, match="NaN or inf"):
+        opt.init(jax.random.key(0), x0={"a": jnp.full(3, jnp.nan), "b": jnp.zeros((2, 2))})

@@ -181,3 +181,14 @@ def test_bfloat16_forward_matches_float32_closely_and_bad_precision_is_named():
     assert agree > 0.95
     with pytest.raises(ValueError, match="precision must be one of"):
         mnist_optimizee(images, labels, precision="fp8")
+
+
+def test_x0_needs_init_std_and_output_blocks_must_divide():
+    problem, _, _ = linear_problem(P=6, M=21)
+    with pytest.raises(ValueError, match="only with init_std"):
+        l2ljax.EnsembleKalmanFilter(problem, pop_size=8).init(jax.random.key(0), x0=jnp.ones(6))
+    centred = l2ljax.EnsembleKalmanFilter(problem, pop_size=8, init_std=0.01).init(jax.random.key(0), x0=jnp.ones(6))
+    np.testing.assert_allclose(np.mean(centred.inner.ensemble, 0), 1.0, atol=0.02)
+    opt = l2ljax.EnsembleKalmanFilter(problem, pop_size=8, sequential=True, outputs_per_sample=5)
+    with pytest.raises(ValueError, match="not a multiple of outputs_per_sample=5"):
+        l2ljax.run(opt, problem, jax.random.key(0), 1)

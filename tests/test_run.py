@@ -74,7 +74,7 @@ def test_run_many_rejects_bad_input_by_name():
         l2ljax.run_many(opt, PROBLEM, keys, 3, params=opt.default_params.replace(noise_std=-1.0))
     with pytest.raises(ValueError, match="x0 contains NaN"):
         l2ljax.run_many(opt, PROBLEM, keys, 3, x0=jnp.array([0.0, jnp.nan]))
-    with pytest.raises(ValueError, match="x0 flattens"):
+    with pytest.raises(ValueError, match="x0 does not match"):
         l2ljax.run_many(opt, PROBLEM, keys, 3, x0=jnp.zeros(3))
     legacy = jax.random.key_data(keys)  # (2, 2) uint32: legacy keys are accepted, as by run
     np.testing.assert_array_equal(l2ljax.run_many(opt, PROBLEM, legacy, 3).best_score,
@@ -238,3 +238,70 @@ def test_summary_records_statistics_only_and_resumes(tmp_path):
         l2ljax.run(opt, PROBLEM, jax.random.key(0), 8, directory=tmp_path / "s", resume=True)
     resumed = l2ljax.run(opt, PROBLEM, jax.random.key(0), 8, summary=True, directory=tmp_path / "s", resume=True)
     assert resumed.generations == 8 and len(resumed.trajectory["best_score"]) == 8
+
+
+def test_run_interrupted_before_its_first_checkpoint_can_be_resumed(tmp_path):
+    calls = {"n": 0}
+
+    def flaky(population, seed):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt  # the user stops the run in its first generation
+        return np.sum(np.asarray(population) ** 2, axis=1)
+
+    problem = Optimizee(flaky, PROBLEM.space, name="flaky", jittable=False)
+    opt = l2ljax.RandomSearch(PROBLEM, pop_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        l2ljax.run(opt, problem, jax.random.key(0), 3, directory=tmp_path)
+    assert not (tmp_path / "checkpoint.npz").exists()
+    resumed = l2ljax.run(opt, problem, jax.random.key(0), 3, directory=tmp_path, resume=True)
+    assert resumed.generations == 3
+
+
+def test_stop_criterion_is_compared_in_float32_on_every_path():
+    constant = Optimizee.create(lambda x, k: jnp.float32(0.1), jnp.zeros(2), lower=-1.0, upper=1.0, weights=(1.0,))
+    opt = l2ljax.RandomSearch(constant, pop_size=4)
+    generations = {chunk: l2ljax.run(opt, constant, jax.random.key(0), 20, stop_criterion=0.100000002,
+                                     chunk_size=chunk).generations for chunk in (1, 5, 20)}
+    assert generations == {1: 1, 5: 1, 20: 1}
+
+
+def test_resume_keeps_the_prng_implementation(tmp_path):
+    opt = optimizers()[0]
+    key = jax.random.key(0, impl="rbg")
+    full = l2ljax.run(opt, PROBLEM, key, 6, directory=tmp_path / "full", chunk_size=2)
+    l2ljax.run(opt, PROBLEM, key, 4, directory=tmp_path / "part", chunk_size=2)
+    resumed = l2ljax.run(opt, PROBLEM, key, 6, directory=tmp_path / "part", resume=True, chunk_size=2)
+    assert_same_trajectory(full.trajectory, resumed.trajectory)
+
+
+def test_resume_refuses_other_hyperparameters_and_fewer_generations(tmp_path):
+    opt = optimizers()[1]
+    params = opt.default_params.replace(learning_rate=0.05)
+    l2ljax.run(opt, PROBLEM, jax.random.key(0), 4, params=params, directory=tmp_path)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["params"][".learning_rate"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="other hyperparameters"):
+        l2ljax.run(opt, PROBLEM, jax.random.key(0), 6, params=params.replace(learning_rate=1.0),
+                   directory=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="more than the n_generations=2"):
+        l2ljax.run(opt, PROBLEM, jax.random.key(0), 2, directory=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="needs the directory"):
+        l2ljax.run(opt, PROBLEM, jax.random.key(0), 2, resume=True)
+    assert l2ljax.run(opt, PROBLEM, jax.random.key(0), 6, params=params, directory=tmp_path,
+                      resume=True).generations == 6
+
+
+def test_best_fitness_is_not_taken_from_a_trajectory_that_misses_the_best():
+    opt = optimizers()[0]
+    first = l2ljax.run(opt, PROBLEM, jax.random.key(0), 30)
+    more = l2ljax.run(opt, PROBLEM, jax.random.key(0), 31, state=first.state)
+    if np.float32(more.trajectory["score"].max()) == np.float32(more.best_score):
+        np.testing.assert_allclose(more.best_fitness, -more.best_score)
+    else:
+        assert np.isnan(more.best_fitness).all()
+
+
+def test_a_batch_of_keys_is_a_named_error():
+    with pytest.raises(TypeError, match="one PRNG key"):
+        l2ljax.run(optimizers()[2], PROBLEM, jax.random.split(jax.random.key(0), 3), 2)

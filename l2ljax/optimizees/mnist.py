@@ -74,6 +74,10 @@ def mnist_optimizee(images: np.ndarray, labels: np.ndarray, *, model: str = "lod
     labels = np.asarray(labels)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 of shape (N, 28, 28), got {images.dtype} {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError("images are empty")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
     if labels.shape != (images.shape[0],) or labels.min() < 0 or labels.max() >= N_CLASSES:
         raise ValueError(f"labels must be (N,) integers in [0, 10) matching the images, got {labels.shape}")
     if not 0 < batch_size <= images.shape[0]:

@@ -22,7 +22,8 @@ L2L names: ``gamma``, ``pop_size`` (J), ``n_iteration``/``maxit`` (generations).
 
 Example::
 
-    problem = l2ljax.optimizees.mnist.mnist_optimizee(data, batch_size=64, repetitions=8)
+    data = l2ljax.data.load_mnist()
+    problem = l2ljax.optimizees.mnist.mnist_optimizee(data.train_images, data.train_labels, repetitions=8)
     opt = EnsembleKalmanFilter(problem, pop_size=5000, sequential=True, outputs_per_sample=10)
     result = l2ljax.run(opt, problem, key, 7500, summary=True)
     weights = opt.ensemble_mean(result.state)
@@ -91,6 +92,13 @@ class EnsembleKalmanFilter(Optimizer):
         check_range(params, "step_size", 0.0, float("inf"), lo_open=True, owner=self.name)
         check_range(params, "inflation", 0.0, float("inf"), lo_open=True, owner=self.name)
 
+    def init(self, key: jax.Array, params: Any = None, x0: Any = None) -> OptState:
+        """Fresh ensemble: ``pop_size`` draws of the optimizee's sampler, or N(x0, init_std²) with ``init_std``."""
+        if x0 is not None and self.init_std is None:
+            raise ValueError("EnsembleKalmanFilter centres the initial ensemble on x0 only with init_std=...; "
+                             "without it the members are draws of the optimizee's sampler")
+        return super().init(key, params, x0)
+
     def _init(self, key: jax.Array, x0: jax.Array, params: EnsembleKalmanParams) -> EnsembleKalmanState:
         k_members, k_state = jax.random.split(key)
         if self.init_std is None:
@@ -120,6 +128,9 @@ class EnsembleKalmanFilter(Optimizer):
         if self.sequential:
             k = self.outputs_per_sample
             n = population.shape[0]
+            if outputs.shape[1] % k:
+                raise ValueError(f"the optimizee returns {outputs.shape[1]} outputs per member, not a multiple of "
+                                 f"outputs_per_sample={k}")
             ensemble = kalman.eki_update_sequential(
                 k_update, prior, outputs.reshape(n, -1, k), targets.reshape(-1, k), noise,
                 stochastic=self.stochastic, step_size=step_size, form=self.form, valid=valid)
