@@ -103,14 +103,17 @@ def make_step(optimizer: Optimizer, optimizee: Optimizee, *, keep_population: bo
 
 
 @functools.lru_cache(maxsize=32)
-def _scan_chunk(optimizer: Optimizer, optimizee: Optimizee, level: str, stop_criterion: float | None) -> Callable:
-    """Jitted ``lax.scan`` of ``length`` generations; generations after a stop are skipped.
+def _scan_chunk(optimizer: Optimizer, optimizee: Optimizee, level: str, stops: bool) -> Callable:
+    """Jitted ``lax.scan`` of ``length`` generations; with ``stops``, generations after
+    ``best_score >= threshold`` are skipped.
 
-    Cached per configuration so repeated runs (sweeps, tests, resumes) compile once.
+    Cached per configuration so repeated runs (sweeps, tests, resumes) compile once; the
+    threshold is an argument, so other stop criteria reuse the program.
     """
     step = make_step(optimizer, optimizee, keep_population=level == "population", summary=level == "summary")
 
-    def chunk(state: OptState, run_key: jax.Array, length: int) -> tuple[OptState, Record, jax.Array]:
+    def chunk(state: OptState, run_key: jax.Array, threshold: jax.Array, length: int
+              ) -> tuple[OptState, Record, jax.Array]:
         blank = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
                                        jax.eval_shape(step, state, run_key)[1])
 
@@ -118,14 +121,14 @@ def _scan_chunk(optimizer: Optimizer, optimizee: Optimizee, level: str, stop_cri
             state, stopped = carry
             new_state, record = jax.lax.cond(stopped, lambda s: (s, blank), lambda s: step(s, run_key), state)
             active = ~stopped
-            if stop_criterion is not None:
-                stopped = stopped | (new_state.best_score >= stop_criterion)
+            if stops:
+                stopped = stopped | (new_state.best_score >= threshold)
             return (new_state, stopped), (record, active)
 
         (state, _), (records, active) = jax.lax.scan(body, (state, jnp.array(False)), None, length=length)
         return state, records, active
 
-    return jax.jit(chunk, static_argnums=2)
+    return jax.jit(chunk, static_argnums=3)
 
 
 @functools.lru_cache(maxsize=32)
@@ -135,8 +138,8 @@ def _host_step(optimizer: Optimizer, optimizee: Optimizee, level: str) -> Callab
     tell = jax.jit(optimizer.tell_flat)
     record = jax.jit(lambda s, p, e, g: _record(optimizer, s, p, e, g, level))
 
-    def chunk(state: OptState, run_key: jax.Array, length: int):
-        assert length == 1
+    def chunk(state: OptState, run_key: jax.Array, threshold: jax.Array, length: int):
+        assert length == 1  # the stop criterion is checked on the host after every generation
         k_ask, k_eval = generation_keys(run_key, state.generation)
         population = ask(k_ask, state)
         evaluation = optimizee.evaluate_host(k_eval, population, int(state.generation))
@@ -223,9 +226,11 @@ def run(
                              f"n_generations={n_generations} asked for")
 
     if optimizee.jittable:
-        chunk = _scan_chunk(optimizer, optimizee, level, stop_criterion)
+        chunk = _scan_chunk(optimizer, optimizee, level, stop_criterion is not None)
     else:
         chunk, chunk_size = _host_step(optimizer, optimizee, level), 1
+
+    threshold = jnp.float32(np.inf if stop_criterion is None else stop_criterion)
 
     def criterion_met() -> bool:
         return stop_criterion is not None and np.float32(state.best_score) >= np.float32(stop_criterion)
@@ -233,7 +238,7 @@ def run(
     stopped = criterion_met() and generation > 0
     while generation < n_generations and not stopped:
         length = min(chunk_size, n_generations - generation)
-        state, records, active = chunk(state, run_key, length)
+        state, records, active = chunk(state, run_key, threshold, length)
         n_active = int(np.sum(active))
         records = {name: np.asarray(value)[:n_active] for name, value in records.items()}
         stopped = n_active < length or criterion_met()
