@@ -125,15 +125,13 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     test_images, test_labels = data.test_images, data.test_labels
     if args.test_subset:
         test_images, test_labels = test_images[:args.test_subset], test_labels[:args.test_subset]
-    start = time.perf_counter()
+    start = time.perf_counter() - (curve[-1][2] if curve else 0.0)  # a resumed run's clock goes on
     title = (f"EnKF, LOD CNN, J={args.members}, batch {args.batch}, gamma={args.gamma}, "
              f"{args.repetitions} reps, {args.mode}")
 
     def evaluate(record: dict, state) -> None:
         iteration = int(record["generation"]) + 1
-        if iteration % args.eval_every and iteration != args.iterations:
-            return
-        if iteration != int(state.generation):  # only the state at the end of a chunk is at hand
+        if iteration != int(state.generation):  # chunks are eval_every long: evaluate at each chunk's end
             return
         mean = jax.numpy.mean(state.inner.ensemble, axis=0)
         acc = dataset_accuracy(ensemble, mean, test_images, test_labels)
