@@ -37,8 +37,9 @@ Array = jax.Array
 PyTree = Any
 
 
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+def is_concrete(*values: Any) -> bool:
+    """True when no leaf is a tracer, so values can be checked on the host (not under jit/vmap)."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(values))
 
 
 def as_key(key: Any) -> Array:
@@ -371,7 +372,7 @@ class Optimizer:
     def check_params(self, params: Any) -> None:
         """Reject non-finite or out-of-range hyperparameters (only when they are concrete)."""
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-            if _is_concrete(leaf) and not np.all(np.isfinite(np.asarray(leaf, dtype=np.float64))):
+            if is_concrete(leaf) and not np.all(np.isfinite(np.asarray(leaf, dtype=np.float64))):
                 raise ValueError(f"{self.name}: hyperparameter {jax.tree_util.keystr(path)} is not finite: {leaf}")
         self._check_params(params)
 
@@ -396,7 +397,7 @@ class Optimizer:
                 shapes = jax.tree_util.tree_map(np.shape, x0), jax.tree_util.tree_map(lambda t: t.shape, template)
                 raise ValueError(f"x0 does not match the individuals' structure: {shapes[0]} vs {shapes[1]}")
             flat_x0 = ravel_pytree(x0)[0]
-            if _is_concrete(flat_x0) and not np.all(np.isfinite(np.asarray(flat_x0))):
+            if is_concrete(flat_x0) and not np.all(np.isfinite(np.asarray(flat_x0))):
                 raise ValueError("x0 contains NaN or inf")
         return self._jit_init(k_init, jnp.asarray(flat_x0, jnp.float32), params)
 
@@ -471,7 +472,7 @@ def check_range(params: Any, name: str, lo: float, hi: float, *, lo_open: bool =
                 owner: str = "") -> None:
     """Range check of one concrete hyperparameter, skipped under tracing."""
     value = getattr(params, name)
-    if not _is_concrete(value):
+    if not is_concrete(value):
         return
     v = np.asarray(value, dtype=np.float64)
     below = v <= lo if lo_open else v < lo
@@ -479,6 +480,12 @@ def check_range(params: Any, name: str, lo: float, hi: float, *, lo_open: bool =
     if np.any(below) or np.any(above):
         lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
         raise ValueError(f"{owner}: {name} must lie in {lb}{lo}, {hi}{rb}, got {value}")
+
+
+def descending_ranks(score: Array) -> Array:
+    """0-based rank of every row, best (highest score) first; -inf rows last."""
+    order = jnp.argsort(-score)
+    return jnp.empty_like(order).at[order].set(jnp.arange(score.shape[0]))
 
 
 def centered_ranks(score: Array) -> Array:

@@ -51,8 +51,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_range
-from l2ljax.optimizers.nes import descending_ranks, initial_sigma
+from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_range, descending_ranks, is_concrete
+from l2ljax.optimizers.nes import initial_sigma
 
 RATES = ("c_m", "c_sigma", "d_sigma", "c_c", "c_1", "c_mu")
 
@@ -161,7 +161,7 @@ class CMAES(Optimizer):
         check_range(params, "c_1", 0.0, 1.0, owner=self.name)
         check_range(params, "c_mu", 0.0, 1.0, owner=self.name)
         total = params.c_1 + params.c_mu
-        if not isinstance(total, jax.core.Tracer) and np.any(np.asarray(total) > 1):
+        if is_concrete(total) and np.any(np.asarray(total) > 1):
             raise ValueError(f"{self.name}: c_1 + c_mu must not exceed 1, got {params.c_1} + {params.c_mu}")
 
     def _init(self, key: jax.Array, x0: jax.Array, params: Any) -> CMAESState:

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_range
+from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_range, is_concrete
 
 
 class GaussianState(NamedTuple):
@@ -230,7 +230,7 @@ class CrossEntropy(Optimizer):
         check_range(params, "rho", 0.0, 1.0, lo_open=True, owner=self.name)
         check_annealing_params(params, self.name)
         rho = params.rho
-        if not isinstance(rho, jax.core.Tracer) and int(float(jnp.max(jnp.asarray(rho))) * self.pop_size) < 1:
+        if is_concrete(rho) and int(float(jnp.max(jnp.asarray(rho))) * self.pop_size) < 1:
             raise ValueError(f"{self.name}: rho * pop_size must be at least 1, got {rho} * {self.pop_size}")
 
     def _init(self, key: jax.Array, x0: jax.Array, params: CrossEntropyParams) -> CrossEntropyState:

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_range
+from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_range, descending_ranks
 
 
 def initial_sigma(space: Space, sigma: Any, owner: str) -> np.ndarray:
@@ -73,12 +73,6 @@ def nes_utilities(n: int) -> np.ndarray:
     """NES rank utilities for ranks 1..n (best first): they sum to 0 (Wierstra et al. 2014, eq. 15)."""
     raw = np.maximum(0.0, math.log(n / 2 + 1) - np.log(np.arange(1, n + 1)))
     return raw / raw.sum() - 1.0 / n
-
-
-def descending_ranks(score: jax.Array) -> jax.Array:
-    """0-based rank of every row, best (highest score) first; -inf rows last."""
-    order = jnp.argsort(-score)
-    return jnp.empty_like(order).at[order].set(jnp.arange(score.shape[0]))
 
 
 @struct.dataclass

@@ -50,11 +50,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_positive_int
+from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_positive_int, is_concrete
 from l2ljax.optimizers.simulated_annealing import (
     AnnealingState,
     check_n_iteration,
-    concrete,
     cooling_schedule_name,
     init_chains,
     metropolis,
@@ -171,9 +170,9 @@ class ParallelTempering(Optimizer):
         if np.shape(decay)[-1:] != (n,):
             raise ValueError(f"{self.name}: decay_parameters must have one entry per chain ({n}), "
                              f"got shape {np.shape(decay)}")
-        if concrete(params.noisy_step) and not np.all(np.asarray(params.noisy_step) > 0):
+        if is_concrete(params.noisy_step) and not np.all(np.asarray(params.noisy_step) > 0):
             raise ValueError(f"{self.name}: noisy_step must be > 0, got {params.noisy_step}")
-        if not concrete(bounds, decay):
+        if not is_concrete(bounds, decay):
             return
         bounds = np.asarray(bounds, np.float64).reshape(-1, n, 2)
         decay = np.broadcast_to(np.asarray(decay, np.float64).reshape(-1, n), bounds.shape[:2])

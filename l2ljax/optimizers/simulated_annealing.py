@@ -72,7 +72,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_positive_int
+from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_positive_int, is_concrete
 
 Array = jax.Array
 
@@ -195,11 +195,6 @@ def check_n_iteration(schedules: Sequence[str], n_iteration: int | None, owner: 
     return None
 
 
-def concrete(*values: Any) -> bool:
-    """True when no value is a tracer (so hyperparameters can be checked on the host)."""
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(values))
-
-
 # --------------------------------------------------------------------------- the chains
 
 
@@ -280,10 +275,10 @@ class SimulatedAnnealing(Optimizer):
         self.n_iteration = check_n_iteration([self.cooling_schedule], n_iteration, self.name)
 
     def _check_params(self, params: SimulatedAnnealingParams) -> None:
-        if concrete(params.noisy_step) and not np.all(np.asarray(params.noisy_step) > 0):
+        if is_concrete(params.noisy_step) and not np.all(np.asarray(params.noisy_step) > 0):
             raise ValueError(f"{self.name}: noisy_step must be > 0, got {params.noisy_step}")
         values = (params.T0, params.Tn, params.temp_decay)
-        if not concrete(*values):
+        if not is_concrete(*values):
             return
         for T0, Tn, decay in np.broadcast(*(np.asarray(v, np.float64) for v in values)):
             problem = schedule_problem(self.cooling_schedule, T0, Tn, decay)
