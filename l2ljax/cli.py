@@ -97,6 +97,8 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     from l2ljax.optimizers.enkf import EnsembleKalmanFilter
     from l2ljax.run import run
 
+    scheme = choose_parallel(args.parallel)
+    writer = scheme is None or scheme.is_writer
     if args.full:
         args.members, args.iterations = 5000, 7500
     for name in ("members", "iterations", "batch", "repetitions", "eval_every"):
@@ -105,7 +107,11 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     for name in ("train_subset", "test_subset"):
         if getattr(args, name) < 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0 (0: all), got {getattr(args, name)}")
+    if not writer:  # rank 0 fetches MNIST first, so ranks never download into one cache at once
+        scheme.agree(None)
     data = load_mnist(args.data_dir, download=args.download)
+    if writer and scheme is not None:
+        scheme.agree(None)
     train_images, train_labels = data.train_images, data.train_labels
     if args.train_subset:
         train_images, train_labels = train_images[:args.train_subset], train_labels[:args.train_subset]
@@ -131,7 +137,7 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
 
     def evaluate(record: dict, state) -> None:
         iteration = int(record["generation"]) + 1
-        if iteration != int(state.generation):  # chunks are eval_every long: evaluate at each chunk's end
+        if not writer or iteration != int(state.generation):  # chunks are eval_every long: evaluate at each chunk's end
             return
         mean = jax.numpy.mean(state.inner.ensemble, axis=0)
         acc = dataset_accuracy(ensemble, mean, test_images, test_labels)
@@ -141,18 +147,36 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
         print(f"\n  iteration {iteration}: test accuracy of the ensemble mean {100 * acc:.2f} % "
               f"({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
 
-    print(f"EnKF on MNIST: {title}; {problem.space.dim} parameters; {args.iterations} iterations; "
-          f"results in {out}", flush=True)
+    if writer:
+        print(f"EnKF on MNIST: {title}; {problem.space.dim} parameters; {args.iterations} iterations; "
+              f"evaluation {scheme or 'on one device'}; results in {out}", flush=True)
     result = run(opt, problem, jax.random.key(args.seed), args.iterations, params=params, directory=out,
                  resume=args.resume, chunk_size=args.eval_every, callbacks=[evaluate], progress=True,
-                 summary=True)
+                 summary=True, parallel=scheme)
     seconds = time.perf_counter() - start
+    if not writer:
+        return {}
     summary = {"final_test_accuracy": curve[-1][1] if curve else float("nan"), "iterations": result.generations,
                "seconds": seconds, "members": args.members, "mode": args.mode}
     print(f"final test accuracy of the ensemble mean: {100 * summary['final_test_accuracy']:.2f} % after "
           f"{result.generations} iterations in {seconds:.1f} s "
           f"(curve: {curve_path}, plot: {out / 'test_error.png'}, trajectory: {out / 'trajectory'})")
     return summary
+
+
+def choose_parallel(name: str):
+    """The ``--parallel`` choice as an ``l2ljax.parallel`` scheme (None: plain jit on one device)."""
+    from l2ljax import parallel
+
+    if name in ("auto", "mpi"):
+        parallel.bind_local_gpu()  # before JAX touches a device: one GPU per rank of a node
+    if name == "auto":
+        return parallel.auto()
+    if name == "devices":
+        return parallel.Devices()
+    if name == "mpi":
+        return parallel.MPI()
+    return None
 
 
 def functions_table(args: argparse.Namespace) -> list[dict]:
@@ -202,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     enkf.add_argument("--precision", choices=["default", "highest", "bfloat16"], default="default",
                       help="precision of the ensemble forward pass (the update is always float32)")
     enkf.add_argument("--eval-every", type=int, default=50)
+    enkf.add_argument("--parallel", choices=["auto", "none", "devices", "mpi"], default="auto",
+                      help="split the ensemble's forward passes over MPI ranks (srun/mpirun) or local "
+                           "devices; auto: MPI when launched as several ranks, else all local devices")
     enkf.add_argument("--full", action="store_true", help="the full LOD setting: J=5000, 7500 iterations")
     enkf.add_argument("--data-dir", help="MNIST IDX files (default: $L2LJAX_MNIST_DIR or ~/.cache/l2ljax/mnist)")
     enkf.add_argument("--download", action="store_true",
@@ -222,7 +249,26 @@ def main(argv: list[str] | None = None) -> None:
     plot.add_argument("--output", help="PNG path (default: DIRECTORY/progress.png)")
 
     args = parser.parse_args(argv)
-    {"mnist-enkf": mnist_enkf, "functions": functions_table, "plot": plot_run}[args.command](args)
+    command = {"mnist-enkf": mnist_enkf, "functions": functions_table, "plot": plot_run}[args.command]
+    try:
+        command(args)
+    except BaseException:
+        _abort_other_ranks()
+        raise
+
+
+def _abort_other_ranks() -> None:
+    """An error on one MPI rank would leave the others waiting in a collective: end the whole job."""
+    from l2ljax import parallel
+
+    if parallel.launched_ranks() > 1 and "mpi4py" in sys.modules:
+        import traceback
+
+        from mpi4py import MPI
+
+        if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
+            traceback.print_exc()
+            MPI.COMM_WORLD.Abort(1)
 
 
 if __name__ == "__main__":

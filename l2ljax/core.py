@@ -274,23 +274,32 @@ class Optimizee:
     def n_objectives(self) -> int:
         return len(self.weights)
 
-    def evaluate_flat(self, key: Array, population: Array, generation: Array | int = 0) -> Evaluation:
-        """Score a flat ``(J, dim)`` population: vmap of ``fn`` over individuals (jittable)."""
+    def evaluate_flat(self, key: Array, population: Array, generation: Array | int = 0,
+                      parallel: Any = None) -> Evaluation:
+        """Score a flat ``(J, dim)`` population: vmap of ``fn`` over individuals (jittable).
+
+        parallel: an ``l2ljax.parallel`` scheme that splits the rows over devices or ranks. Keys
+        are drawn for the whole population first, so the numbers do not depend on the split.
+        """
         n = population.shape[0]
         k_eval, k_noise = jax.random.split(key)
         keys = jax.random.split(k_eval, n)
-        individuals = self.space.to_pytree(population)
-        outputs = targets = None  # only optimizees with data produce outputs for Kalman methods
-        if self.data is None:
-            fitness = jax.vmap(self.fn)(individuals, keys)
-        else:
-            inputs, targets = self.data(jnp.asarray(generation))
+        inputs, targets = (None, None) if self.data is None else self.data(jnp.asarray(generation))
+
+        def score_rows(rows: tuple[Array, Array]) -> tuple[Array, Array | None]:
+            rows_flat, rows_keys = rows
+            if self.data is None:
+                return jax.vmap(self.fn)(self.space.to_pytree(rows_flat), rows_keys), None
             if self.population_fn is not None:
-                fitness, outputs = self.population_fn(population, keys, inputs)
-            else:
-                fitness, outputs = jax.vmap(self.fn, in_axes=(0, 0, None))(individuals, keys, inputs)
-            outputs = outputs.reshape(n, -1)
-            targets = jnp.ravel(targets)
+                return self.population_fn(rows_flat, rows_keys, inputs)
+            return jax.vmap(self.fn, in_axes=(0, 0, None))(self.space.to_pytree(rows_flat), rows_keys, inputs)
+
+        if parallel is None:
+            fitness, outputs = score_rows((population, keys))
+        else:
+            fitness, outputs = parallel.map_rows(score_rows, (population, keys))
+        if outputs is not None:  # only optimizees with data produce outputs for Kalman methods
+            outputs, targets = outputs.reshape(n, -1), jnp.ravel(targets)
         fitness = jnp.asarray(fitness).reshape(n, -1)
         if fitness.shape[1] != self.n_objectives:
             raise ValueError(f"{self.name} returned {fitness.shape[1]} objectives but has "
@@ -299,15 +308,21 @@ class Optimizee:
             fitness = fitness + self.noise_std * jax.random.normal(k_noise, fitness.shape, fitness.dtype)
         return make_evaluation(fitness, self.weights, outputs, targets)
 
-    def evaluate_host(self, key: Array, population: Array, generation: int = 0) -> Evaluation:
-        """Host-side evaluation for optimizees that are not JAX code."""
+    def evaluate_host(self, key: Array, population: Array, generation: int = 0, parallel: Any = None
+                      ) -> Evaluation:
+        """Host-side evaluation for optimizees that are not JAX code (split over MPI ranks by ``parallel``)."""
         seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
-        individuals = jax.tree_util.tree_map(np.asarray, self.space.to_pytree(population))
-        fitness = np.asarray(self.fn(individuals, seed), dtype=np.float64)
-        if fitness.shape[:1] != (population.shape[0],):
-            raise ValueError(f"{self.name} returned fitness of shape {fitness.shape} for {population.shape[0]} "
-                             "individuals: expected one row per individual")
-        fitness = fitness.reshape(population.shape[0], -1)
+
+        def score_rows(rows: np.ndarray, rows_seed: int) -> np.ndarray:
+            individuals = jax.tree_util.tree_map(np.asarray, self.space.to_pytree(jnp.asarray(rows)))
+            fitness = np.asarray(self.fn(individuals, rows_seed), dtype=np.float64)
+            if fitness.shape[:1] != (rows.shape[0],):
+                raise ValueError(f"{self.name} returned fitness of shape {fitness.shape} for {rows.shape[0]} "
+                                 "individuals: expected one row per individual")
+            return fitness.reshape(rows.shape[0], -1)
+
+        rows = np.asarray(population)
+        fitness = score_rows(rows, seed) if parallel is None else parallel.map_rows_host(score_rows, rows, seed)
         if self.noise_std > 0:
             fitness = fitness + self.noise_std * np.random.default_rng(seed).normal(size=fitness.shape)
         return make_evaluation(jnp.asarray(fitness, population.dtype), self.weights)

@@ -32,6 +32,7 @@ import numpy as np
 
 from l2ljax import trajectory as traj
 from l2ljax.core import Evaluation, Optimizee, Optimizer, OptState, as_key, check_positive_int
+from l2ljax.parallel import Parallel
 
 Record = dict[str, Any]
 Callback = Callable[[Record, OptState], Any]
@@ -81,12 +82,13 @@ def _record(optimizer: Optimizer, state: OptState, population: jax.Array, evalua
     return record
 
 
-def make_step(optimizer: Optimizer, optimizee: Optimizee, *, keep_population: bool = True, summary: bool = False
-              ) -> Callable[[OptState, jax.Array], tuple[OptState, Record]]:
+def make_step(optimizer: Optimizer, optimizee: Optimizee, *, keep_population: bool = True, summary: bool = False,
+              parallel: Parallel | None = None) -> Callable[[OptState, jax.Array], tuple[OptState, Record]]:
     """One generation as a pure function ``step(state, run_key) -> (state, record)``.
 
     The record holds what ``run`` stores per generation (see ``run``'s ``keep_population`` and
-    ``summary``); under ``jit`` whatever the caller drops is never computed.
+    ``summary``); under ``jit`` whatever the caller drops is never computed. ``parallel`` splits
+    the evaluation over devices or MPI ranks (``l2ljax.parallel``).
     """
     level = record_level(keep_population, summary)
     if not optimizee.jittable:
@@ -95,7 +97,7 @@ def make_step(optimizer: Optimizer, optimizee: Optimizee, *, keep_population: bo
     def step(state: OptState, run_key: jax.Array) -> tuple[OptState, Record]:
         k_ask, k_eval = generation_keys(run_key, state.generation)
         population = optimizer.ask_flat(k_ask, state)
-        evaluation = optimizee.evaluate_flat(k_eval, population, state.generation)
+        evaluation = optimizee.evaluate_flat(k_eval, population, state.generation, parallel)
         new_state = optimizer.tell_flat(state, population, evaluation)
         return new_state, _record(optimizer, new_state, population, evaluation, state.generation, level)
 
@@ -103,14 +105,16 @@ def make_step(optimizer: Optimizer, optimizee: Optimizee, *, keep_population: bo
 
 
 @functools.lru_cache(maxsize=32)
-def _scan_chunk(optimizer: Optimizer, optimizee: Optimizee, level: str, stops: bool) -> Callable:
+def _scan_chunk(optimizer: Optimizer, optimizee: Optimizee, level: str, stops: bool,
+                parallel: Parallel | None = None) -> Callable:
     """Jitted ``lax.scan`` of ``length`` generations; with ``stops``, generations after
     ``best_score >= threshold`` are skipped.
 
     Cached per configuration so repeated runs (sweeps, tests, resumes) compile once; the
     threshold is an argument, so other stop criteria reuse the program.
     """
-    step = make_step(optimizer, optimizee, keep_population=level == "population", summary=level == "summary")
+    step = make_step(optimizer, optimizee, keep_population=level == "population", summary=level == "summary",
+                     parallel=parallel)
 
     def chunk(state: OptState, run_key: jax.Array, threshold: jax.Array, length: int
               ) -> tuple[OptState, Record, jax.Array]:
@@ -132,7 +136,8 @@ def _scan_chunk(optimizer: Optimizer, optimizee: Optimizee, level: str, stops: b
 
 
 @functools.lru_cache(maxsize=32)
-def _host_step(optimizer: Optimizer, optimizee: Optimizee, level: str) -> Callable:
+def _host_step(optimizer: Optimizer, optimizee: Optimizee, level: str, parallel: Parallel | None = None
+               ) -> Callable:
     """One generation for optimizees that are not JAX code: ask/tell jitted, evaluation on the host."""
     ask = jax.jit(optimizer.ask_flat)
     tell = jax.jit(optimizer.tell_flat)
@@ -142,7 +147,7 @@ def _host_step(optimizer: Optimizer, optimizee: Optimizee, level: str) -> Callab
         assert length == 1  # the stop criterion is checked on the host after every generation
         k_ask, k_eval = generation_keys(run_key, state.generation)
         population = ask(k_ask, state)
-        evaluation = optimizee.evaluate_host(k_eval, population, int(state.generation))
+        evaluation = optimizee.evaluate_host(k_eval, population, int(state.generation), parallel)
         new_state = tell(state, population, evaluation)
         rec = record(new_state, population, evaluation, state.generation)
         return new_state, jax.tree_util.tree_map(lambda x: x[None], rec), jnp.ones(1, bool)
@@ -167,6 +172,7 @@ def run(
     progress: bool = False,
     keep_population: bool = True,
     summary: bool = False,
+    parallel: Parallel | None = None,
 ) -> RunResult:
     """Optimise ``optimizee`` with ``optimizer`` for up to ``n_generations`` generations.
 
@@ -189,6 +195,10 @@ def run(
     summary:        record only per-generation statistics (best, max/mean/min score, failures,
                     diagnostics), not every individual's fitness nor best_x: for large
                     populations of large individuals (e.g. EnKF on network weights).
+    parallel:       split each generation's evaluation over devices (``l2ljax.parallel.Devices()``)
+                    or MPI ranks (``l2ljax.parallel.MPI()``; every rank calls ``run`` alike, rank 0
+                    writes ``directory`` and shows progress, all return the same result), or
+                    ``l2ljax.parallel.auto()``. Same numbers as without, to float tolerance.
     """
     n_generations = check_positive_int(n_generations, "n_generations")
     if stop_criterion is not None:
@@ -212,23 +222,26 @@ def run(
             chunk_size = n_generations
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     level = record_level(keep_population, summary)
-    callbacks = [*callbacks, ProgressBar(n_generations)] if progress else list(callbacks)
+    writer = parallel is None or parallel.is_writer
+    callbacks = [*callbacks, ProgressBar(n_generations)] if progress and writer else list(callbacks)
 
     history: list[Record] = []
     generation = int(state.generation)
     if directory is not None:
         directory = Path(directory)
         meta = _run_meta(optimizer, optimizee, n_generations, level, state.params)
-        state, run_key, generation, history = _open_directory(directory, meta, state, run_key, resume,
-                                                              explicit_params)
+        state, run_key, generation, history = _open_run_directory(directory, meta, state, run_key, resume,
+                                                                  explicit_params, parallel)
         if generation > n_generations:
             raise ValueError(f"{directory} already holds {generation} generations, more than the "
                              f"n_generations={n_generations} asked for")
 
     if optimizee.jittable:
-        chunk = _scan_chunk(optimizer, optimizee, level, stop_criterion is not None)
+        chunk = _scan_chunk(optimizer, optimizee, level, stop_criterion is not None, parallel)
     else:
-        chunk, chunk_size = _host_step(optimizer, optimizee, level), 1
+        chunk, chunk_size = _host_step(optimizer, optimizee, level, parallel), 1
+    if parallel is not None:
+        state = parallel.place(state)
 
     threshold = jnp.float32(np.inf if stop_criterion is None else stop_criterion)
 
@@ -242,7 +255,7 @@ def run(
         n_active = int(np.sum(active))
         records = {name: np.asarray(value)[:n_active] for name, value in records.items()}
         stopped = n_active < length or criterion_met()
-        if directory is not None:
+        if directory is not None and writer:
             traj.write_chunk(directory, generation, records)
             traj.save_checkpoint(directory, state, run_key, generation + n_active)
         history.append(records)
@@ -251,6 +264,8 @@ def run(
             one = {name: value[i] for name, value in records.items()}
             if any([bool(cb(one, state)) for cb in callbacks]):
                 stopped = True
+        if parallel is not None:
+            stopped = parallel.agree(stopped)  # a callback's stop (e.g. a time limit) holds on every rank
     for cb in callbacks:
         if hasattr(cb, "close"):
             cb.close()
@@ -339,6 +354,44 @@ def _bounds_summary(optimizee: Optimizee, max_listed: int = 64) -> dict:
     if lower.size <= max_listed:
         return {"lower": lower, "upper": upper}
     return {"lower_min": float(lower.min()), "upper_max": float(upper.max())}
+
+
+def _open_run_directory(directory: Path, meta: dict, state: OptState, run_key: jax.Array, resume: bool,
+                        explicit_params: Any, parallel: Parallel | None):
+    """``_open_directory`` on the writer; the other ranks learn its outcome and read its checkpoint.
+
+    Only the writer touches the directory: a second rank checking it while the first writes
+    ``meta.json`` would see a run that is not there. If the writer fails, every rank raises.
+    """
+    if parallel is None:
+        return _open_directory(directory, meta, state, run_key, resume, explicit_params)
+    opened, error = None, None
+    if parallel.is_writer:
+        try:
+            opened = _open_directory(directory, meta, state, run_key, resume, explicit_params)
+        except Exception as failure:  # re-raised below, on every rank
+            error = failure
+    parallel.raise_together(error)
+    resumed_at = parallel.agree(None if opened is None else opened[2])
+    if opened is None:
+        opened = (state, run_key, resumed_at, [])
+        try:
+            if resumed_at > int(state.generation):
+                opened = _read_resumed(directory, state, resumed_at)
+        except Exception as failure:
+            error = failure
+    parallel.raise_together(error)
+    return opened
+
+
+def _read_resumed(directory: Path, state: OptState, resumed_at: int):
+    """What a rank other than the writer needs to continue the run the writer resumed."""
+    state, run_key, generation = traj.load_checkpoint(directory, state)
+    if generation != resumed_at:
+        raise RuntimeError(f"{directory}: rank 0 resumed at generation {resumed_at}, this rank read "
+                           f"{generation}; is the directory on a file system every rank shares?")
+    history = [traj.load_trajectory(directory)] if traj.chunk_files(directory) else []
+    return state, run_key, generation, history
 
 
 def _open_directory(directory: Path, meta: dict, state: OptState, run_key: jax.Array, resume: bool,

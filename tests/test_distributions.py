@@ -194,3 +194,19 @@ def test_cross_entropy_with_mixture_is_reproducible(ce_mixture):
     assert not np.array_equal(a.trajectory["population"], c.trajectory["population"])
     assert opt.config()["distribution"] == {"name": "GaussianMixture", "n_components": 2, "diagonal": False,
                                             "n_iter": 10, "reg_covar": 1e-6, "min_weight": 1e-3}
+
+
+def test_a_float32_covariance_without_spread_in_one_direction_still_factorises():
+    """Elites on a hyperplane: the smallest eigenvalue is lost to float32 rounding. A jitter of
+    1e-10 of the scale (the first version) gave NaN factors for most of these; CE then sampled NaN."""
+    from l2ljax.optimizers.cross_entropy import _cholesky
+
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(6, 5)) * rng.uniform(0.01, 10, size=5)
+        x[:, 4] = x[:, :4] @ rng.normal(size=4)  # no spread off this hyperplane
+        d = jnp.asarray(x - x.mean(0), jnp.float32)
+        cov = d.T @ d / 6
+        chol = np.asarray(_cholesky(cov), np.float64)
+        assert np.all(np.isfinite(chol)), seed
+        np.testing.assert_allclose(chol @ chol.T, np.asarray(cov, np.float64), atol=1e-4 * float(jnp.trace(cov)))

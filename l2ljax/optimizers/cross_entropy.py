@@ -143,9 +143,14 @@ def draw_noise(key: jax.Array, magnitude: jax.Array, coordinate_scale: float | t
 
 
 def _cholesky(cov: jax.Array) -> jax.Array:
-    """Cholesky factor with a jitter relative to the scale, so a collapsed elite stays samplable."""
+    """Cholesky factor of ``cov`` plus a jitter, so a collapsed elite stays samplable.
+
+    The jitter is ten machine epsilons of the trace: above the rounding error of forming and
+    factorising ``cov`` (about dim·eps·‖cov‖), so a covariance whose smallest eigenvalue is lost
+    to float32 rounding still factorises, and too small to change the distribution measurably.
+    """
     dim = cov.shape[0]
-    jitter = 1e-10 * (jnp.trace(cov) / dim + 1e-30)
+    jitter = 10 * jnp.finfo(cov.dtype).eps * jnp.trace(cov) + jnp.finfo(cov.dtype).tiny
     return jnp.linalg.cholesky(cov + jitter * jnp.eye(dim, dtype=cov.dtype))
 
 

@@ -1,0 +1,156 @@
+"""One process against the same work split over MPI ranks or local devices, side by side.
+
+    python benchmarks/parallel_scaling.py [--ranks 2] [--rounds 3] [--output results_parallel_cpu.json]
+
+Two workloads, each timed per generation (median over generations, after a warm-up):
+
+- ``enkf``: one EnKF iteration (ensemble forward + LOD sequential update) of the LOD CNN on MNIST
+  at J = ``--members``, the jitted l2ljax step.
+- ``host``: CE over a simulator that is not JAX code (numpy, a leaky integrate-and-fire network per
+  individual, as L2L users run NEST): the case L2L's process-per-individual design was built for.
+
+Each variant runs in its own process (``mpirun -n R`` for MPI, ``XLA_FLAGS`` for R CPU devices),
+and the rounds interleave the variants so that they share the machine's state. Launched by the
+driver; ``--variant`` runs one measurement and prints it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def lif_population_rate(weights: "np.ndarray", seed: int, steps: int = 400, neurons: int = 60) -> "np.ndarray":
+    """Firing rate of a random LIF network per individual; individuals are (input gain, recurrent gain).
+
+    A stand-in for an external simulator: a Python loop over time steps with small numpy arrays.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    connectivity = rng.normal(0, 1 / np.sqrt(neurons), (neurons, neurons))
+    drive = rng.uniform(0.5, 1.5, neurons)
+    rates = []
+    for gain_in, gain_rec in weights:
+        v, spikes, count = np.zeros(neurons), np.zeros(neurons), 0.0
+        for _ in range(steps):
+            v += 0.1 * (-v + gain_in * drive + gain_rec * connectivity @ spikes)
+            spikes = (v > 1.0).astype(float)
+            v[spikes > 0] = 0.0
+            count += spikes.sum()
+        rates.append(count / (steps * neurons))
+    return np.square(np.asarray(rates) - 0.05)  # distance to a 5 % target rate
+
+
+def measure(workload: str, variant: str, generations: int, members: int, mnist_dir: str) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import l2ljax
+    from l2ljax import parallel
+
+    scheme = {"one": None, "devices": parallel.Devices, "mpi": parallel.MPI}[variant]
+    scheme = scheme() if scheme else None
+    if workload == "enkf":
+        from l2ljax.data import load_mnist
+        from l2ljax.optimizees.mnist import mnist_optimizee
+
+        data = load_mnist(mnist_dir)
+        problem = mnist_optimizee(data.train_images, data.train_labels)
+        opt = l2ljax.EnsembleKalmanFilter(problem, pop_size=members, sequential=True, outputs_per_sample=10)
+        step = jax.jit(l2ljax.make_step(opt, problem, summary=True, parallel=scheme))
+        state = opt.init(jax.random.key(0))
+        state = scheme.place(state) if scheme else state
+        run_key = jax.random.key(1)
+        state = jax.block_until_ready(step(state, run_key)[0])  # compile
+        times = []
+        for _ in range(generations):
+            start = time.perf_counter()
+            state = jax.block_until_ready(step(state, run_key)[0])
+            times.append(time.perf_counter() - start)
+        check = float(jnp.mean(state.inner.ensemble))
+    else:
+        problem = l2ljax.Optimizee.create(lambda population, seed: lif_population_rate(population, seed),
+                                          jnp.zeros(2), lower=0.0, upper=3.0, jittable=False)
+        opt = l2ljax.CrossEntropy(problem, pop_size=members)
+        times = []
+        l2ljax.run(opt, problem, jax.random.key(0), 1, parallel=scheme)  # compile ask/tell
+        last = time.perf_counter()
+        result = l2ljax.run(opt, problem, jax.random.key(0), generations, parallel=scheme,
+                            callbacks=[lambda record, state: times.append(time.perf_counter())])
+        times = list(np.diff([last, *times]))
+        check = result.best_score
+    return {"workload": workload, "variant": variant, "shards": getattr(scheme, "n_shards", 1),
+            "seconds_per_generation": statistics.median(times), "check": check}
+
+
+def launch(workload: str, variant: str, ranks: int, args: argparse.Namespace) -> dict:
+    command = [sys.executable, str(Path(__file__)), "--variant", variant, "--workload", workload,
+               "--generations", str(args.generations), "--members", str(args.members[workload]),
+               "--mnist-dir", args.mnist_dir]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if variant == "mpi":
+        command = [str(Path(sys.executable).parent / "mpirun"), "-n", str(ranks), *command]
+    if variant == "devices":
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ranks}"
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--generations", type=int, default=5)
+    parser.add_argument("--enkf-members", type=int, default=500)
+    parser.add_argument("--host-members", type=int, default=32)
+    parser.add_argument("--mnist-dir", default=os.environ.get("L2LJAX_MNIST_DIR", str(REPO.parent / "shared/data/mnist")))
+    parser.add_argument("--output")
+    parser.add_argument("--variant", choices=["one", "devices", "mpi"], help=argparse.SUPPRESS)
+    parser.add_argument("--workload", choices=["enkf", "host"], help=argparse.SUPPRESS)
+    parser.add_argument("--members", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        report = measure(args.workload, args.variant, args.generations, args.members, args.mnist_dir)
+        if args.variant != "mpi" or int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))) == 0:
+            print(json.dumps(report), flush=True)
+        return
+
+    sys.path.insert(0, str(HERE))
+    from common import machine_info, write_report
+
+    args.members = {"enkf": args.enkf_members, "host": args.host_members}
+    variants = {"host": ["one", "mpi"], "enkf": ["one", "mpi", "devices"]}
+    samples: dict = {}
+    for _ in range(args.rounds):
+        for workload, names in variants.items():
+            for variant in names:
+                result = launch(workload, variant, args.ranks, args)
+                samples.setdefault((workload, variant), []).append(result)
+                print(json.dumps(result), file=sys.stderr, flush=True)
+    rows = []
+    for (workload, variant), results in samples.items():
+        seconds = statistics.median(r["seconds_per_generation"] for r in results)
+        reference = samples[(workload, "one")][0]["check"]
+        one = statistics.median(r["seconds_per_generation"] for r in samples[(workload, "one")])
+        rows.append({"workload": workload, "variant": variant, "shards": results[0]["shards"],
+                     "members": args.members[workload], "seconds_per_generation": seconds,
+                     "speedup_vs_one_process": one / seconds,
+                     "same_result_as_one_process": all(
+                         abs(r["check"] - reference) <= 1e-5 * (1 + abs(reference)) for r in results)})
+    write_report({"benchmark": "parallel_scaling", **machine_info(), "ranks": args.ranks, "rounds": args.rounds,
+                  "generations": args.generations, "rows": rows}, args.output)
+
+
+if __name__ == "__main__":
+    main()
