@@ -9,8 +9,15 @@ Two workloads, each timed per generation (median over generations, after a warm-
 - ``host``: CE over a simulator that is not JAX code (numpy, a leaky integrate-and-fire network per
   individual, as L2L users run NEST): the case L2L's process-per-individual design was built for.
 
-Each variant runs in its own process (``mpirun -n R`` for MPI, ``XLA_FLAGS`` for R CPU devices),
-and the rounds interleave the variants so that they share the machine's state. Launched by the
+Each variant runs in its own process(es), and the rounds interleave the variants so that they
+share the machine's state:
+
+- ``one``: one process on every core (XLA's thread pool uses them all);
+- ``one_pinned``: one process on one core (``taskset``): the per-shard baseline, as each rank of a
+  cluster job gets its own GPU or node;
+- ``mpi``: R ranks, each bound to a core (``mpirun -bind-to core``);
+- ``mpi_unbound``: R ranks left unbound: their XLA thread pools compete for the same cores;
+- ``devices``: one process with R CPU devices (``--xla_force_host_platform_device_count``). Launched by the
 driver; ``--variant`` runs one measurement and prints it as JSON.
 """
 
@@ -25,18 +32,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
-def lif_population_rate(weights: "np.ndarray", seed: int, steps: int = 400, neurons: int = 60) -> "np.ndarray":
-    """Firing rate of a random LIF network per individual; individuals are (input gain, recurrent gain).
-
-    A stand-in for an external simulator: a Python loop over time steps with small numpy arrays.
+def lif_population_rate(weights: np.ndarray, seed: int, steps: int = 400, neurons: int = 60) -> np.ndarray:
+    """Firing rate of a fixed random LIF network per individual; individuals are (input gain, recurrent
+    gain). A stand-in for an external simulator: a Python loop over time steps with small numpy
+    arrays. Deterministic (``seed`` unused), so every split must give the same result.
     """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     connectivity = rng.normal(0, 1 / np.sqrt(neurons), (neurons, neurons))
     drive = rng.uniform(0.5, 1.5, neurons)
     rates = []
@@ -54,7 +61,6 @@ def lif_population_rate(weights: "np.ndarray", seed: int, steps: int = 400, neur
 def measure(workload: str, variant: str, generations: int, members: int, mnist_dir: str) -> dict:
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     import l2ljax
     from l2ljax import parallel
@@ -95,13 +101,19 @@ def measure(workload: str, variant: str, generations: int, members: int, mnist_d
 
 
 def launch(workload: str, variant: str, ranks: int, args: argparse.Namespace) -> dict:
-    command = [sys.executable, str(Path(__file__)), "--variant", variant, "--workload", workload,
+    scheme = {"one_pinned": "one", "mpi_unbound": "mpi"}.get(variant, variant)
+    command = [sys.executable, str(Path(__file__)), "--variant", scheme, "--workload", workload,
                "--generations", str(args.generations), "--members", str(args.members[workload]),
                "--mnist-dir", args.mnist_dir]
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    mpirun = [str(Path(sys.executable).parent / "mpirun"), "-n", str(ranks)]
     if variant == "mpi":
-        command = [str(Path(sys.executable).parent / "mpirun"), "-n", str(ranks), *command]
-    if variant == "devices":
+        command = [*mpirun, "-bind-to", "core", *command]
+    elif variant == "mpi_unbound":
+        command = [*mpirun, *command]
+    elif variant == "one_pinned":
+        command = ["taskset", "-c", "0", *command]
+    elif variant == "devices":
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ranks}"
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][0])
@@ -114,7 +126,8 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=5)
     parser.add_argument("--enkf-members", type=int, default=500)
     parser.add_argument("--host-members", type=int, default=32)
-    parser.add_argument("--mnist-dir", default=os.environ.get("L2LJAX_MNIST_DIR", str(REPO.parent / "shared/data/mnist")))
+    parser.add_argument("--mnist-dir",
+                        default=os.environ.get("L2LJAX_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist")))
     parser.add_argument("--output")
     parser.add_argument("--variant", choices=["one", "devices", "mpi"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", choices=["enkf", "host"], help=argparse.SUPPRESS)
@@ -130,22 +143,27 @@ def main() -> None:
     from common import machine_info, write_report
 
     args.members = {"enkf": args.enkf_members, "host": args.host_members}
-    variants = {"host": ["one", "mpi"], "enkf": ["one", "mpi", "devices"]}
+    variants = {"host": ["one", "one_pinned", "mpi"],
+                "enkf": ["one", "one_pinned", "mpi", "mpi_unbound", "devices"]}
     samples: dict = {}
     for _ in range(args.rounds):
         for workload, names in variants.items():
             for variant in names:
-                result = launch(workload, variant, args.ranks, args)
+                result = {**launch(workload, variant, args.ranks, args), "variant": variant}
                 samples.setdefault((workload, variant), []).append(result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
+
+    def median_seconds(workload: str, variant: str) -> float:
+        return statistics.median(r["seconds_per_generation"] for r in samples[(workload, variant)])
+
     rows = []
     for (workload, variant), results in samples.items():
-        seconds = statistics.median(r["seconds_per_generation"] for r in results)
+        seconds = median_seconds(workload, variant)
         reference = samples[(workload, "one")][0]["check"]
-        one = statistics.median(r["seconds_per_generation"] for r in samples[(workload, "one")])
         rows.append({"workload": workload, "variant": variant, "shards": results[0]["shards"],
                      "members": args.members[workload], "seconds_per_generation": seconds,
-                     "speedup_vs_one_process": one / seconds,
+                     "speedup_vs_one_process": median_seconds(workload, "one") / seconds,
+                     "speedup_vs_one_core": median_seconds(workload, "one_pinned") / seconds,
                      "same_result_as_one_process": all(
                          abs(r["check"] - reference) <= 1e-5 * (1 + abs(reference)) for r in results)})
     write_report({"benchmark": "parallel_scaling", **machine_info(), "ranks": args.ranks, "rounds": args.rounds,

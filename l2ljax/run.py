@@ -88,7 +88,8 @@ def make_step(optimizer: Optimizer, optimizee: Optimizee, *, keep_population: bo
 
     The record holds what ``run`` stores per generation (see ``run``'s ``keep_population`` and
     ``summary``); under ``jit`` whatever the caller drops is never computed. ``parallel`` splits
-    the evaluation over devices or MPI ranks (``l2ljax.parallel``).
+    the evaluation over devices or MPI ranks (``l2ljax.parallel``); give the jitted step a state
+    from ``parallel.place(state)``, which replicates it over a ``Devices`` mesh.
     """
     level = record_level(keep_population, summary)
     if not optimizee.jittable:
@@ -107,32 +108,34 @@ def make_step(optimizer: Optimizer, optimizee: Optimizee, *, keep_population: bo
 @functools.lru_cache(maxsize=32)
 def _scan_chunk(optimizer: Optimizer, optimizee: Optimizee, level: str, stops: bool,
                 parallel: Parallel | None = None) -> Callable:
-    """Jitted ``lax.scan`` of ``length`` generations; with ``stops``, generations after
-    ``best_score >= threshold`` are skipped.
+    """Jitted ``lax.scan`` over ``length`` generations of which the first ``n_steps`` run; with
+    ``stops``, generations after ``best_score >= threshold`` are skipped too.
 
     Cached per configuration so repeated runs (sweeps, tests, resumes) compile once; the
-    threshold is an argument, so other stop criteria reuse the program.
+    threshold and ``n_steps`` are arguments, so other stop criteria and a shorter last chunk
+    reuse the program.
     """
     step = make_step(optimizer, optimizee, keep_population=level == "population", summary=level == "summary",
                      parallel=parallel)
 
-    def chunk(state: OptState, run_key: jax.Array, threshold: jax.Array, length: int
+    def chunk(state: OptState, run_key: jax.Array, threshold: jax.Array, n_steps: jax.Array, length: int
               ) -> tuple[OptState, Record, jax.Array]:
         blank = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
                                        jax.eval_shape(step, state, run_key)[1])
 
-        def body(carry: tuple[OptState, jax.Array], _: None):
+        def body(carry: tuple[OptState, jax.Array], index: jax.Array):
             state, stopped = carry
+            stopped = stopped | (index >= n_steps)
             new_state, record = jax.lax.cond(stopped, lambda s: (s, blank), lambda s: step(s, run_key), state)
             active = ~stopped
             if stops:
                 stopped = stopped | (new_state.best_score >= threshold)
             return (new_state, stopped), (record, active)
 
-        (state, _), (records, active) = jax.lax.scan(body, (state, jnp.array(False)), None, length=length)
+        (state, _), (records, active) = jax.lax.scan(body, (state, jnp.array(False)), jnp.arange(length))
         return state, records, active
 
-    return jax.jit(chunk, static_argnums=3)
+    return jax.jit(chunk, static_argnums=4)
 
 
 @functools.lru_cache(maxsize=32)
@@ -143,8 +146,8 @@ def _host_step(optimizer: Optimizer, optimizee: Optimizee, level: str, parallel:
     tell = jax.jit(optimizer.tell_flat)
     record = jax.jit(lambda s, p, e, g: _record(optimizer, s, p, e, g, level))
 
-    def chunk(state: OptState, run_key: jax.Array, threshold: jax.Array, length: int):
-        assert length == 1  # the stop criterion is checked on the host after every generation
+    def chunk(state: OptState, run_key: jax.Array, threshold: jax.Array, n_steps: int, length: int):
+        assert n_steps == length == 1  # the stop criterion is checked on the host after every generation
         k_ask, k_eval = generation_keys(run_key, state.generation)
         population = ask(k_ask, state)
         evaluation = optimizee.evaluate_host(k_eval, population, int(state.generation), parallel)
@@ -229,7 +232,8 @@ def run(
     generation = int(state.generation)
     if directory is not None:
         directory = Path(directory)
-        meta = _run_meta(optimizer, optimizee, n_generations, level, state.params)
+        meta = {**_run_meta(optimizer, optimizee, n_generations, level, state.params),
+                "parallel": str(parallel or "one device")}
         state, run_key, generation, history = _open_run_directory(directory, meta, state, run_key, resume,
                                                                   explicit_params, parallel)
         if generation > n_generations:
@@ -249,9 +253,10 @@ def run(
         return stop_criterion is not None and np.float32(state.best_score) >= np.float32(stop_criterion)
 
     stopped = criterion_met() and generation > 0
+    scan_length = min(chunk_size, n_generations - generation)  # one program, a shorter last chunk included
     while generation < n_generations and not stopped:
-        length = min(chunk_size, n_generations - generation)
-        state, records, active = chunk(state, run_key, threshold, length)
+        length = min(scan_length, n_generations - generation)
+        state, records, active = chunk(state, run_key, threshold, length, scan_length)
         n_active = int(np.sum(active))
         records = {name: np.asarray(value)[:n_active] for name, value in records.items()}
         stopped = n_active < length or criterion_met()
