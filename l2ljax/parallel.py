@@ -189,13 +189,18 @@ class MPI:
     def map_rows_host(self, compute: Callable[[np.ndarray, int], np.ndarray], rows: np.ndarray, seed: int
                       ) -> np.ndarray:
         """Host evaluation of this rank's rows, gathered. Rank r > 0 gets its own seed: one shared
-        seed would give individuals on different ranks the same noise."""
+        seed would give individuals on different ranks the same noise. If the simulator raises on
+        any rank, every rank raises (no rank is left waiting for the others' rows)."""
         per_shard = math.ceil(rows.shape[0] / self.n_shards)
         mine = rows[self.rank * per_shard:(self.rank + 1) * per_shard]
         rank_seed = seed if self.rank == 0 else int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0] >> 1)
-        result = compute(mine, rank_seed) if len(mine) else None
-        parts = [part for part in self.comm.allgather(result) if part is not None]
-        return np.concatenate(parts)
+        result, error = None, None
+        try:
+            result = compute(mine, rank_seed) if len(mine) else None
+        except Exception as failure:  # re-raised below, on every rank
+            error = failure
+        parts = self._gather_or_raise(result, error)
+        return np.concatenate([part for part in parts if part is not None])
 
     def place(self, tree: PyTree) -> PyTree:
         return tree
@@ -206,13 +211,17 @@ class MPI:
 
     def raise_together(self, error: BaseException | None) -> None:
         """Raise on every rank if any rank failed, instead of leaving the others waiting forever."""
-        errors = self.comm.allgather(None if error is None else f"{type(error).__name__}: {error}")
+        self._gather_or_raise(None, error)
+
+    def _gather_or_raise(self, value: Any, error: BaseException | None) -> list:
+        """Every rank's ``value``; or, if any rank had an ``error``, raise there and on every other rank."""
+        gathered = self.comm.allgather((value, None if error is None else f"{type(error).__name__}: {error}"))
         if error is not None:
             raise error
-        failed = [(rank, message) for rank, message in enumerate(errors) if message is not None]
-        if failed:
-            rank, message = failed[0]
-            raise RuntimeError(f"rank {rank} failed: {message}")
+        for rank, (_, message) in enumerate(gathered):
+            if message is not None:
+                raise RuntimeError(f"rank {rank} failed: {message}")
+        return [part for part, _ in gathered]
 
 
 _WORLD_CLONE: Any = None

@@ -75,6 +75,21 @@ def main(mode: str, out: Path) -> None:
     report["host_score"] = max_difference(one.trajectory["score"], split.trajectory["score"])
     report["host_rows_seen"] = rows_seen
 
+    # A simulator that crashes on the last rank only: every rank raises instead of waiting.
+    last_rank = scheme.n_shards - 1 if mode == "mpi" else 0
+
+    def crashes_on_last_rank(population, seed):
+        if rank == last_rank:
+            raise ValueError("simulator crashed")
+        return np.sum(np.square(population), axis=1)
+
+    crashing = l2ljax.Optimizee.create(crashes_on_last_rank, jnp.zeros(3), jittable=False)
+    try:
+        l2ljax.run(l2ljax.CrossEntropy(crashing, pop_size=7), crashing, jax.random.key(2), 2, parallel=scheme)
+        report["crashed"] = None
+    except Exception as error:  # noqa: BLE001 (the test reads which error each rank got)
+        report["crashed"] = f"{type(error).__name__}: {error}"
+
     # Interrupted and resumed through a directory only rank 0 writes.
     directory = out / "run"
     l2ljax.run(ce, noisy, jax.random.key(3), 8, directory=directory, chunk_size=4, parallel=scheme)

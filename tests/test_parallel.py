@@ -109,6 +109,13 @@ def test_a_failure_on_the_writer_is_raised_on_every_rank(mpi_reports):
     assert other["refused"].startswith("RuntimeError: rank 0 failed: FileExistsError")
 
 
+def test_a_simulator_crash_on_one_rank_is_raised_on_every_rank(mpi_reports, device_reports):
+    writer, other = mpi_reports
+    assert writer["crashed"] == "RuntimeError: rank 1 failed: ValueError: simulator crashed"
+    assert other["crashed"] == "ValueError: simulator crashed"
+    assert device_reports[0]["crashed"] == "ValueError: simulator crashed"  # one process: raised as is
+
+
 def test_sharded_evaluation_compiles_to_per_device_shards():
     script = (
         "import jax, jax.numpy as jnp, l2ljax\n"
