@@ -17,7 +17,8 @@ share the machine's state:
   cluster job gets its own GPU or node;
 - ``mpi``: R ranks, each bound to a core (``mpirun -bind-to core``);
 - ``mpi_unbound``: R ranks left unbound: their XLA thread pools compete for the same cores;
-- ``devices``: one process with R CPU devices (``--xla_force_host_platform_device_count``). Launched by the
+- ``devices``: one process with R CPU devices (``--xla_force_host_platform_device_count``);
+- ``pool`` (host workload): one process and R worker processes (``worker_pool_optimizee``). Launched by the
 driver; ``--variant`` runs one measurement and prints it as JSON.
 """
 
@@ -58,6 +59,11 @@ def lif_population_rate(weights: np.ndarray, seed: int, steps: int = 400, neuron
     return np.square(np.asarray(rates) - 0.05)  # distance to a 5 % target rate
 
 
+def lif_individual(weights: np.ndarray, seed: int) -> float:
+    """One individual of ``lif_population_rate``: what a worker-pool simulator is called with."""
+    return float(lif_population_rate(weights[None], seed)[0])
+
+
 def measure(workload: str, variant: str, generations: int, members: int, mnist_dir: str) -> dict:
     import jax
     import jax.numpy as jnp
@@ -65,7 +71,7 @@ def measure(workload: str, variant: str, generations: int, members: int, mnist_d
     import l2ljax
     from l2ljax import parallel
 
-    scheme = {"one": None, "devices": parallel.Devices, "mpi": parallel.MPI}[variant]
+    scheme = {"devices": parallel.Devices, "mpi": parallel.MPI}.get(variant)
     scheme = scheme() if scheme else None
     if workload == "enkf":
         from l2ljax.data import load_mnist
@@ -86,8 +92,14 @@ def measure(workload: str, variant: str, generations: int, members: int, mnist_d
             times.append(time.perf_counter() - start)
         check = float(jnp.mean(state.inner.ensemble))
     else:
-        problem = l2ljax.Optimizee.create(lambda population, seed: lif_population_rate(population, seed),
-                                          jnp.zeros(2), lower=0.0, upper=3.0, jittable=False)
+        if variant == "pool":
+            from l2ljax.optimizees.external import worker_pool_optimizee
+
+            problem = worker_pool_optimizee(lif_individual, jnp.zeros(2), lower=0.0, upper=3.0,
+                                            n_workers=int(os.environ["POOL_WORKERS"]))
+        else:
+            problem = l2ljax.Optimizee.create(lambda population, seed: lif_population_rate(population, seed),
+                                              jnp.zeros(2), lower=0.0, upper=3.0, jittable=False)
         opt = l2ljax.CrossEntropy(problem, pop_size=members)
         times = []
         l2ljax.run(opt, problem, jax.random.key(0), 1, parallel=scheme)  # compile ask/tell
@@ -96,7 +108,8 @@ def measure(workload: str, variant: str, generations: int, members: int, mnist_d
                             callbacks=[lambda record, state: times.append(time.perf_counter())])
         times = list(np.diff([last, *times]))
         check = result.best_score
-    return {"workload": workload, "variant": variant, "shards": getattr(scheme, "n_shards", 1),
+    shards = int(os.environ["POOL_WORKERS"]) if variant == "pool" else getattr(scheme, "n_shards", 1)
+    return {"workload": workload, "variant": variant, "shards": shards,
             "seconds_per_generation": statistics.median(times), "check": check}
 
 
@@ -115,6 +128,8 @@ def launch(workload: str, variant: str, ranks: int, args: argparse.Namespace) ->
         command = ["taskset", "-c", "0", *command]
     elif variant == "devices":
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ranks}"
+    elif variant == "pool":
+        env["POOL_WORKERS"] = str(ranks)
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][0])
 
@@ -129,7 +144,7 @@ def main() -> None:
     parser.add_argument("--mnist-dir",
                         default=os.environ.get("L2LJAX_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist")))
     parser.add_argument("--output")
-    parser.add_argument("--variant", choices=["one", "devices", "mpi"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=["one", "devices", "mpi", "pool"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", choices=["enkf", "host"], help=argparse.SUPPRESS)
     parser.add_argument("--members", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -143,7 +158,7 @@ def main() -> None:
     from common import machine_info, write_report
 
     args.members = {"enkf": args.enkf_members, "host": args.host_members}
-    variants = {"host": ["one", "one_pinned", "mpi"],
+    variants = {"host": ["one", "one_pinned", "mpi", "pool"],
                 "enkf": ["one", "one_pinned", "mpi", "mpi_unbound", "devices"]}
     samples: dict = {}
     for _ in range(args.rounds):

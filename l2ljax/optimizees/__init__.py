@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from l2ljax.core import Optimizee
+from l2ljax.optimizees.external import WorkerPool, worker_pool_optimizee
+
+__all__ = ["WorkerPool", "function_optimizee", "worker_pool_optimizee"]
 
 
 def function_optimizee(name: str, dim: int | None = None, noise_std: float = 0.0) -> Optimizee:
