@@ -310,12 +310,20 @@ class Optimizee:
 
     def evaluate_host(self, key: Array, population: Array, generation: int = 0, parallel: Any = None
                       ) -> Evaluation:
-        """Host-side evaluation for optimizees that are not JAX code (split over MPI ranks by ``parallel``)."""
+        """Host-side evaluation for optimizees that are not JAX code (split over MPI ranks by ``parallel``).
+
+        ``fn(population, seed)``; or, if ``fn.takes_first_row`` is true, ``fn(population, seed,
+        first_row)`` with the same seed on every rank and the index of the population's first row in
+        the whole one, so that per-row randomness can be independent of how rows are split.
+        """
         seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
 
-        def score_rows(rows: np.ndarray, rows_seed: int) -> np.ndarray:
+        def score_rows(rows: np.ndarray, rows_seed: int, first_row: int = 0) -> np.ndarray:
             individuals = jax.tree_util.tree_map(np.asarray, self.space.to_pytree(jnp.asarray(rows)))
-            fitness = np.asarray(self.fn(individuals, rows_seed), dtype=np.float64)
+            if getattr(self.fn, "takes_first_row", False):
+                fitness = np.asarray(self.fn(individuals, seed, first_row), dtype=np.float64)
+            else:
+                fitness = np.asarray(self.fn(individuals, rows_seed), dtype=np.float64)
             if fitness.shape[:1] != (rows.shape[0],):
                 raise ValueError(f"{self.name} returned fitness of shape {fitness.shape} for {rows.shape[0]} "
                                  "individuals: expected one row per individual")

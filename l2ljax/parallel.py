@@ -5,7 +5,9 @@ every process keeps the whole state (same key, same program, same numbers) and o
 population's *evaluation* is split: each shard scores its rows, and the rows are gathered back
 before ``tell``. Per-individual keys are drawn for the whole population before it is split, so a
 parallel run gives the same numbers as a run on one device (to floating-point tolerance: XLA
-may round a shard's batched products differently).
+may round a shard's batched products differently). Host simulators under MPI get a seed per
+rank, unless they take the row offset (``fn.takes_first_row``, as ``worker_pool_optimizee``
+does) and derive per-row seeds from it.
 
 - ``Devices``: several devices of one process (GPUs of a node, or CPU devices made with
   ``XLA_FLAGS=--xla_force_host_platform_device_count=N``). The population axis is sharded over a
@@ -38,44 +40,70 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 PyTree = Any
 
-# Set by the launchers for each rank of a parallel job (Slurm's srun, MPICH/Hydra, Open MPI, PMIx).
-_RANK_COUNT_VARIABLES = ("SLURM_STEP_NUM_TASKS", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
-_LOCAL_RANK_VARIABLES = ("SLURM_LOCALID", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK")
+# Set by the launchers for each rank of a parallel job. MPI's own process managers (Hydra, Open
+# MPI, PMI/PMIx) come first: a Slurm variable may be inherited from an enclosing `srun --pty bash`.
+_RANK_COUNT_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS")
+_LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK", "SLURM_LOCALID")
+_LOCAL_COUNT_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_LOCAL_SIZE",
+                          "SLURM_STEP_TASKS_PER_NODE")
 
 
-def launched_ranks(environ: dict[str, str] | None = None) -> int:
-    """How many ranks the launcher started this process among (1 when not launched by one)."""
+def _first_count(environ: dict[str, str] | None, names: tuple[str, ...]) -> int | None:
     environ = os.environ if environ is None else environ
-    for name in _RANK_COUNT_VARIABLES:
+    for name in names:
         value = environ.get(name, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return 1
-
-
-def local_rank(environ: dict[str, str] | None = None) -> int | None:
-    """This process's index among the ranks on its node, if a launcher says it."""
-    environ = os.environ if environ is None else environ
-    for name in _LOCAL_RANK_VARIABLES:
-        value = environ.get(name, "")
+        if name == "SLURM_STEP_TASKS_PER_NODE":  # "4" or "4(x2)"; uneven layouts ("4,2") are not read
+            value = value.split("(")[0]
         if value.isdigit():
             return int(value)
     return None
 
 
-def bind_local_gpu(environ: dict[str, str] | None = None) -> str | None:
-    """Give each rank of a node its own GPU: set ``CUDA_VISIBLE_DEVICES`` to the local rank.
+def launched_ranks(environ: dict[str, str] | None = None) -> int:
+    """How many ranks the launcher started this process among (1 when not launched by one)."""
+    return max(1, _first_count(environ, _RANK_COUNT_VARIABLES) or 1)
 
-    Call before JAX first touches a device. Without it, every rank of a node would see (and
-    preallocate memory on) every GPU. Does nothing when the launcher already chose the GPUs
-    (``srun --gpus-per-task``) or when this is not a multi-rank launch. Returns the value set.
+
+def local_rank(environ: dict[str, str] | None = None) -> int | None:
+    """This process's index among the ranks on its node, if a launcher says it."""
+    return _first_count(environ, _LOCAL_RANK_VARIABLES)
+
+
+def local_rank_count(environ: dict[str, str] | None = None) -> int | None:
+    """How many ranks the launcher put on this node, if it says it."""
+    return _first_count(environ, _LOCAL_COUNT_VARIABLES)
+
+
+def bind_local_gpu(environ: dict[str, str] | None = None, n_gpus: int | None = None) -> str | None:
+    """Give each rank of a node its own GPU through ``CUDA_VISIBLE_DEVICES``; returns the value set.
+
+    Call before JAX first touches a device: without it every rank of a node would use the first
+    GPU and preallocate memory on all of them. Rank ``local`` gets the ``local % n``-th of the GPUs
+    the launcher made visible (all of them with ``--gres=gpu:N``), or of the node's ``n_gpus``
+    (default: counted in ``/proc/driver/nvidia/gpus``) when it made none. Does nothing when the
+    launcher gave this rank a single GPU (``srun --gpus-per-task=1``), or for one rank per node.
     """
     environ = os.environ if environ is None else environ
-    local = local_rank(environ)
-    if launched_ranks(environ) <= 1 or local is None or "CUDA_VISIBLE_DEVICES" in environ:
+    local, count = local_rank(environ), local_rank_count(environ)
+    if local is None or launched_ranks(environ) <= 1 or count == 1:
         return None
-    environ["CUDA_VISIBLE_DEVICES"] = str(local)
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        choices = [entry.strip() for entry in visible.split(",") if entry.strip()]
+        if len(choices) <= 1:
+            return None
+    else:
+        n_gpus = _count_nvidia_gpus() if n_gpus is None else n_gpus
+        choices = [str(i) for i in range(n_gpus or local + 1)]
+    environ["CUDA_VISIBLE_DEVICES"] = choices[local % len(choices)]
     return environ["CUDA_VISIBLE_DEVICES"]
+
+
+def _count_nvidia_gpus() -> int | None:
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus")) or None
+    except OSError:
+        return None
 
 
 def padded_rows(rows: PyTree, n_shards: int) -> tuple[PyTree, int]:
@@ -124,9 +152,9 @@ class Devices:
         out = jax.lax.with_sharding_constraint(compute(rows), sharded)
         return jax.tree_util.tree_map(lambda x: x[:n], out)
 
-    def map_rows_host(self, compute: Callable[[np.ndarray, int], np.ndarray], rows: np.ndarray, seed: int
+    def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
                       ) -> np.ndarray:
-        return compute(rows, seed)  # a host simulator is not split over devices
+        return compute(rows, seed, 0)  # a host simulator is not split over devices
 
     def place(self, tree: PyTree) -> PyTree:
         """Replicate ``tree`` (the optimizer state) over the mesh, where the jitted step expects it."""
@@ -138,6 +166,13 @@ class Devices:
     def raise_together(self, error: BaseException | None) -> None:
         if error is not None:
             raise error
+
+    def settle(self, stop: bool, error: BaseException | None) -> bool:
+        self.raise_together(error)
+        return stop
+
+    def any_traced(self, flag: jax.Array) -> jax.Array:
+        return flag
 
 
 class MPI:
@@ -186,17 +221,18 @@ class MPI:
 
         return jax.tree_util.tree_map(gather, compute(mine))
 
-    def map_rows_host(self, compute: Callable[[np.ndarray, int], np.ndarray], rows: np.ndarray, seed: int
+    def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
                       ) -> np.ndarray:
-        """Host evaluation of this rank's rows, gathered. Rank r > 0 gets its own seed: one shared
-        seed would give individuals on different ranks the same noise. If the simulator raises on
-        any rank, every rank raises (no rank is left waiting for the others' rows)."""
+        """Host evaluation of this rank's rows, gathered: ``compute(rows, seed, first_row)``. Rank
+        r > 0 gets its own seed (one shared seed would give individuals on different ranks the same
+        noise); ``first_row`` lets a simulator derive per-row seeds that do not depend on the split.
+        If the simulator raises on any rank, every rank raises (none is left waiting)."""
         per_shard = math.ceil(rows.shape[0] / self.n_shards)
         mine = rows[self.rank * per_shard:(self.rank + 1) * per_shard]
         rank_seed = seed if self.rank == 0 else int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0] >> 1)
         result, error = None, None
         try:
-            result = compute(mine, rank_seed) if len(mine) else None
+            result = compute(mine, rank_seed, self.rank * per_shard) if len(mine) else None
         except Exception as failure:  # re-raised below, on every rank
             error = failure
         parts = self._gather_or_raise(result, error)
@@ -212,6 +248,18 @@ class MPI:
     def raise_together(self, error: BaseException | None) -> None:
         """Raise on every rank if any rank failed, instead of leaving the others waiting forever."""
         self._gather_or_raise(None, error)
+
+    def settle(self, stop: bool, error: BaseException | None) -> bool:
+        """After a chunk's host work: raise everywhere if any rank failed; stop if any rank asks to."""
+        return any(self._gather_or_raise(bool(stop), error))
+
+    def any_traced(self, flag: jax.Array) -> jax.Array:
+        """Whether ``flag`` is set on any rank, inside ``jit``: ranks whose replicated states drifted
+        apart in the last bits still take the same branch around the next collective."""
+        import mpi4jax
+        from mpi4py import MPI as _mpi
+
+        return mpi4jax.allreduce(flag.astype(jnp.int32), op=_mpi.MAX, comm=self.comm) > 0
 
     def _gather_or_raise(self, value: Any, error: BaseException | None) -> list:
         """Every rank's ``value``; or, if any rank had an ``error``, raise there and on every other rank."""
@@ -243,8 +291,11 @@ def auto() -> Parallel | None:
     has several devices, else ``None``."""
     if launched_ranks() > 1:
         scheme = MPI()
-        if scheme.n_shards > 1:
-            return scheme
+        if scheme.n_shards == 1:  # each process would run the whole job alone, into the same directory
+            raise RuntimeError(f"the launcher started {launched_ranks()} ranks but MPI sees 1: mpi4py was "
+                               "built against another MPI than the launcher's (or srun lacks --mpi=pmix / "
+                               "--mpi=pmi2); rebuild mpi4py and mpi4jax against the MPI you launch with")
+        return scheme
     if jax.local_device_count() > 1:
         return Devices()
     return None

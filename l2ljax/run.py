@@ -129,7 +129,8 @@ def _scan_chunk(optimizer: Optimizer, optimizee: Optimizee, level: str, stops: b
             new_state, record = jax.lax.cond(stopped, lambda s: (s, blank), lambda s: step(s, run_key), state)
             active = ~stopped
             if stops:
-                stopped = stopped | (new_state.best_score >= threshold)
+                reached = new_state.best_score >= threshold
+                stopped = stopped | (reached if parallel is None else parallel.any_traced(reached))
             return (new_state, stopped), (record, active)
 
         (state, _), (records, active) = jax.lax.scan(body, (state, jnp.array(False)), jnp.arange(length))
@@ -260,17 +261,24 @@ def run(
         n_active = int(np.sum(active))
         records = {name: np.asarray(value)[:n_active] for name, value in records.items()}
         stopped = n_active < length or criterion_met()
-        if directory is not None and writer:
-            traj.write_chunk(directory, generation, records)
-            traj.save_checkpoint(directory, state, run_key, generation + n_active)
-        history.append(records)
-        generation += n_active
-        for i in range(n_active):
-            one = {name: value[i] for name, value in records.items()}
-            if any([bool(cb(one, state)) for cb in callbacks]):
-                stopped = True
-        if parallel is not None:
-            stopped = parallel.agree(stopped)  # a callback's stop (e.g. a time limit) holds on every rank
+        try:
+            if directory is not None and writer:
+                traj.write_chunk(directory, generation, records)
+                traj.save_checkpoint(directory, state, run_key, generation + n_active)
+            history.append(records)
+            generation += n_active
+            for i in range(n_active):
+                one = {name: value[i] for name, value in records.items()}
+                if any([bool(cb(one, state)) for cb in callbacks]):
+                    stopped = True
+        except Exception as failure:
+            if parallel is None:
+                raise
+            error = failure
+        else:
+            error = None
+        if parallel is not None:  # a failed write or callback raises, and a callback's stop holds, on every rank
+            stopped = parallel.settle(stopped, error)
     for cb in callbacks:
         if hasattr(cb, "close"):
             cb.close()
@@ -381,7 +389,7 @@ def _open_run_directory(directory: Path, meta: dict, state: OptState, run_key: j
     if opened is None:
         opened = (state, run_key, resumed_at, [])
         try:
-            if resumed_at > int(state.generation):
+            if resumed_at != int(state.generation):
                 opened = _read_resumed(directory, state, resumed_at)
         except Exception as failure:
             error = failure

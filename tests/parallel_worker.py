@@ -12,9 +12,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import simulators
 
 import l2ljax
 from l2ljax import parallel
+
+try:  # as many MPI scripts do: the worker pool's spawned workers re-import this module
+    from mpi4py import MPI  # noqa: F401
+except ImportError:
+    pass
 
 
 def max_difference(a, b):
@@ -89,6 +95,25 @@ def main(mode: str, out: Path) -> None:
         report["crashed"] = None
     except Exception as error:  # noqa: BLE001 (the test reads which error each rank got)
         report["crashed"] = f"{type(error).__name__}: {error}"
+
+    # A worker pool per rank: the same seeds, so the same fitness, as one pool for the whole population.
+    pooled = l2ljax.worker_pool_optimizee(simulators.seed_of, jnp.zeros(2), n_workers=2)
+    try:
+        evaluation = pooled.evaluate_host(jax.random.key(5), jnp.zeros((7, 2)), 0, scheme)
+    finally:
+        pooled.fn.pool.close()
+    report["pool_fitness"] = np.asarray(evaluation.fitness).ravel().tolist()
+
+    # A callback that fails on rank 0 only (as a full disk would) fails every rank.
+    def disk_full(record, state):
+        if rank == 0:
+            raise OSError("disk full")
+
+    try:
+        l2ljax.run(ce, noisy, jax.random.key(4), 3, parallel=scheme, callbacks=[disk_full])
+        report["callback_failed"] = None
+    except Exception as error:  # noqa: BLE001 (the test reads which error each rank got)
+        report["callback_failed"] = f"{type(error).__name__}: {error}"
 
     # Interrupted and resumed through a directory only rank 0 writes.
     directory = out / "run"

@@ -109,3 +109,71 @@ def test_wrong_number_of_objectives_is_a_named_error(sphere_problem):
             two_objectives.evaluate(jax.random.key(0), jnp.zeros((2, 2)))
     finally:
         two_objectives.fn.pool.close()
+
+
+def test_an_interrupted_map_leaves_the_pool_usable():
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with WorkerPool(simulators.hangs_where_positive, n_workers=2) as pool:
+            signal.alarm(2)
+            with pytest.raises(KeyboardInterrupt):
+                pool.map([np.array([1.0]), np.array([1.0])], [0, 1])  # hangs until interrupted
+            values, failures = pool.map([np.array([-1.0]), np.array([-2.0])], [0, 1])
+            assert [float(v) for v in values] == [1.0, 4.0] and failures == []
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_worker_killed_while_idle_is_replaced_without_a_failure():
+    with WorkerPool(simulators.sphere, n_workers=1) as pool:
+        pool.map([np.ones(2)], [0])
+        pool._workers[0].process.kill()
+        pool._workers[0].process.join()
+        values, failures = pool.map([np.ones(2), 2 * np.ones(2)], [0, 1])
+        assert [float(v) for v in values] == [2.0, 8.0] and failures == []
+
+
+def test_workers_exit_when_their_run_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys, numpy as np, simulators\n"
+        "from l2ljax.optimizees.external import WorkerPool\n"
+        "pool = WorkerPool(simulators.hangs_where_positive, n_workers=2)\n"
+        "pool._workers += pool._start_workers(2)\n"
+        "print(' '.join(str(w.process.pid) for w in pool._workers), flush=True)\n"
+        "pool.map([np.ones(1), np.ones(1)], [0, 1])\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])]))
+    run = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        pids = [int(pid) for pid in run.stdout.readline().split()]
+        assert len(pids) == 2
+        time.sleep(0.5)
+        run.send_signal(signal.SIGKILL)  # no cleanup runs in the parent
+        run.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        run.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (zombies, which only wait for init to reap them, count as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False

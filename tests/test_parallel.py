@@ -109,6 +109,18 @@ def test_a_failure_on_the_writer_is_raised_on_every_rank(mpi_reports):
     assert other["refused"].startswith("RuntimeError: rank 0 failed: FileExistsError")
 
 
+def test_worker_pools_on_ranks_give_the_numbers_of_one_pool(mpi_reports, device_reports):
+    # the workers start under a launcher and with mpi4py imported by the main script: they must
+    # not try to join the job as its ranks, and their seeds must not depend on the split
+    assert mpi_reports[0]["pool_fitness"] == mpi_reports[1]["pool_fitness"] == device_reports[0]["pool_fitness"]
+
+
+def test_a_failing_callback_on_one_rank_is_raised_on_every_rank(mpi_reports):
+    writer, other = mpi_reports
+    assert writer["callback_failed"] == "OSError: disk full"
+    assert other["callback_failed"] == "RuntimeError: rank 0 failed: OSError: disk full"
+
+
 def test_a_simulator_crash_on_one_rank_is_raised_on_every_rank(mpi_reports, device_reports):
     writer, other = mpi_reports
     assert writer["crashed"] == "RuntimeError: rank 1 failed: ValueError: simulator crashed"
@@ -150,18 +162,33 @@ def test_padding_repeats_the_first_row_to_a_multiple_of_the_shards():
     assert same is rows and per_shard == 1
 
 
-def test_launcher_detection_and_gpu_binding():
+def test_launcher_detection():
     assert parallel.launched_ranks({}) == 1
     assert parallel.launched_ranks({"SLURM_STEP_NUM_TASKS": "8"}) == 8
     assert parallel.launched_ranks({"PMI_SIZE": "2"}) == 2
     assert parallel.launched_ranks({"OMPI_COMM_WORLD_SIZE": "4", "SLURM_NTASKS": "16"}) == 4
+    # mpirun inside `srun --pty bash`: the launcher's own variables win over the inherited Slurm step's
+    assert parallel.launched_ranks({"SLURM_STEP_NUM_TASKS": "1", "PMI_SIZE": "4"}) == 4
+    assert parallel.local_rank({"SLURM_LOCALID": "0", "MPI_LOCALRANKID": "3"}) == 3
     assert parallel.local_rank({"SLURM_LOCALID": "3"}) == 3 and parallel.local_rank({}) is None
-    env = {"SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "3"}
-    assert parallel.bind_local_gpu(env) == "3" and env["CUDA_VISIBLE_DEVICES"] == "3"
-    chosen = {"SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "0"}
-    assert parallel.bind_local_gpu(chosen) is None and chosen["CUDA_VISIBLE_DEVICES"] == "0"  # srun chose
-    single = {"SLURM_LOCALID": "0"}
-    assert parallel.bind_local_gpu(single) is None and "CUDA_VISIBLE_DEVICES" not in single
+    assert parallel.local_rank_count({"SLURM_STEP_TASKS_PER_NODE": "4(x2)"}) == 4
+    assert parallel.local_rank_count({"SLURM_STEP_TASKS_PER_NODE": "4,2"}) is None
+
+
+def test_gpu_binding():
+    def bound(n_gpus=None, **env):
+        return parallel.bind_local_gpu(env, n_gpus=n_gpus), env.get("CUDA_VISIBLE_DEVICES")
+
+    step = {"SLURM_STEP_NUM_TASKS": "8", "SLURM_STEP_TASKS_PER_NODE": "4(x2)"}
+    assert bound(4, SLURM_LOCALID="3", **step) == ("3", "3")
+    assert bound(2, SLURM_LOCALID="3", **step) == ("1", "1")  # more ranks than GPUs: shared round-robin
+    # --gres=gpu:4 shows every rank all four: each takes its own
+    assert bound(SLURM_LOCALID="2", CUDA_VISIBLE_DEVICES="4,5,6,7", **step) == ("6", "6")
+    # --gpus-per-task=1 already chose: left alone
+    assert bound(SLURM_LOCALID="3", CUDA_VISIBLE_DEVICES="0", **step) == (None, "0")
+    # one rank per node keeps every GPU; no launcher, nothing to do
+    assert bound(4, SLURM_LOCALID="0", SLURM_STEP_NUM_TASKS="2", SLURM_STEP_TASKS_PER_NODE="1(x2)") == (None, None)
+    assert bound(4, SLURM_LOCALID="0") == (None, None)
 
 
 def test_auto_on_one_device_without_a_launcher_is_plain_jit(monkeypatch):
@@ -196,3 +223,12 @@ def test_main_job_under_mpirun_gives_the_accuracies_of_one_process(tmp_path):
         return [line.split(",")[1] for line in (tmp_path / run / "test_accuracy.csv").read_text().splitlines()[1:]]
 
     assert accuracies("mpi") == accuracies("one") and len(accuracies("one")) == 2
+
+
+def test_auto_refuses_a_launch_mpi_does_not_see():
+    require_mpi()
+    script = "from l2ljax import parallel\nparallel.auto()\n"
+    done = subprocess.run([sys.executable, "-c", script], env=subprocess_env(PMI_SIZE="2"), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0
+    assert "the launcher started 2 ranks but MPI sees 1" in done.stderr
