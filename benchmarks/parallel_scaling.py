@@ -17,7 +17,7 @@ share the machine's state:
   cluster job gets its own GPU or node;
 - ``mpi``: R ranks, each bound to a core (``mpirun -bind-to core``);
 - ``mpi_unbound``: R ranks left unbound: their XLA thread pools compete for the same cores;
-- ``devices``: one process with R CPU devices (``--xla_force_host_platform_device_count``);
+- ``devices`` (only with ``--cpu-devices``): one process with R CPU devices;
 - ``pool`` (host workload): one process and R worker processes (``worker_pool_optimizee``). Launched by the
 driver; ``--variant`` runs one measurement and prints it as JSON.
 """
@@ -130,7 +130,7 @@ def launch(workload: str, variant: str, ranks: int, args: argparse.Namespace) ->
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ranks}"
     elif variant == "pool":
         env["POOL_WORKERS"] = str(ranks)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=1800)
     return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][0])
 
 
@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--mnist-dir",
                         default=os.environ.get("L2LJAX_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist")))
     parser.add_argument("--output")
+    parser.add_argument("--cpu-devices", action="store_true",
+                        help="also time R CPU devices in one process (can deadlock in jaxlib: see parallel.Devices)")
     parser.add_argument("--variant", choices=["one", "devices", "mpi", "pool"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", choices=["enkf", "host"], help=argparse.SUPPRESS)
     parser.add_argument("--members", type=int, help=argparse.SUPPRESS)
@@ -159,7 +161,7 @@ def main() -> None:
 
     args.members = {"enkf": args.enkf_members, "host": args.host_members}
     variants = {"host": ["one", "one_pinned", "mpi", "pool"],
-                "enkf": ["one", "one_pinned", "mpi", "mpi_unbound", "devices"]}
+                "enkf": ["one", "one_pinned", "mpi", "mpi_unbound", *(["devices"] if args.cpu_devices else [])]}
     samples: dict = {}
     for _ in range(args.rounds):
         for workload, names in variants.items():

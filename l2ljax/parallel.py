@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 PyTree = Any
+CPU_DEVICES_WARNING = (
+    "Devices() over several CPU devices: they share one thread pool, so the split gains nothing "
+    "(benchmarks/RESULTS.md §8), and jaxlib's batched LAPACK kernels (e.g. the batched triangular "
+    "solves of the EnKF sequential update) can deadlock when every device runs them at once "
+    "(seen with jaxlib 0.10.2 on 2 cores). On CPUs, split over MPI ranks instead; CPU devices "
+    "serve to test the sharded program.")
 
 # Set by the launchers for each rank of a parallel job. MPI's own process managers (Hydra, Open
 # MPI, PMI/PMIx) come first: a Slurm variable may be inherited from an enclosing `srun --pty bash`.
@@ -106,6 +113,16 @@ def _count_nvidia_gpus() -> int | None:
         return None
 
 
+def _shard_map(f: Callable, mesh: Mesh, in_specs: Any, out_specs: Any) -> Callable:
+    """``shard_map`` without its replication check: ``f`` ends in an ``all_gather``, which the check
+    does not always see through."""
+    if hasattr(jax, "shard_map"):  # jax >= 0.7
+        return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    from jax.experimental.shard_map import shard_map
+
+    return shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+
+
 def padded_rows(rows: PyTree, n_shards: int) -> tuple[PyTree, int]:
     """Rows padded with copies of row 0 to a multiple of ``n_shards``; and the rows per shard."""
     n = jax.tree_util.tree_leaves(rows)[0].shape[0]
@@ -128,6 +145,8 @@ class Devices:
         devices = list(jax.local_devices() if devices is None else devices)
         if not devices:
             raise ValueError("Devices() needs at least one device")
+        if len(devices) > 1 and devices[0].platform == "cpu":
+            warnings.warn(CPU_DEVICES_WARNING, RuntimeWarning, stacklevel=2)
         self.mesh = Mesh(np.array(devices), ("population",))
         self.n_shards = len(devices)
 
@@ -144,13 +163,24 @@ class Devices:
         return hash(("Devices", self._ids()))
 
     def map_rows(self, compute: Callable[[PyTree], PyTree], rows: PyTree) -> PyTree:
-        """``compute(rows)`` with the rows split over the devices; traced inside ``jit``."""
+        """``compute(rows)`` with the rows split over the devices; traced inside ``jit``.
+
+        Only ``compute`` is split (a ``shard_map``); its results are gathered inside it and the
+        rows going in and the results coming out are pinned as replicated. Left to propagate, the
+        split spread from the evaluation into the optimizer's update, whose all-reduces then
+        deadlocked XLA's CPU devices (EnKF sequential mode); the update runs whole on every
+        device, as on every MPI rank.
+        """
         n = jax.tree_util.tree_leaves(rows)[0].shape[0]
-        rows, _ = padded_rows(rows, self.n_shards)
-        sharded = NamedSharding(self.mesh, PartitionSpec("population"))
-        rows = jax.lax.with_sharding_constraint(rows, sharded)
-        out = jax.lax.with_sharding_constraint(compute(rows), sharded)
-        return jax.tree_util.tree_map(lambda x: x[:n], out)
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        rows, _ = padded_rows(jax.lax.with_sharding_constraint(rows, replicated), self.n_shards)
+
+        def compute_and_gather(shard: PyTree) -> PyTree:
+            return jax.tree_util.tree_map(lambda x: jax.lax.all_gather(x, "population", tiled=True), compute(shard))
+
+        out = _shard_map(compute_and_gather, self.mesh, in_specs=(PartitionSpec("population"),),
+                         out_specs=PartitionSpec())(rows)
+        return jax.lax.with_sharding_constraint(jax.tree_util.tree_map(lambda x: x[:n], out), replicated)
 
     def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
                       ) -> np.ndarray:
@@ -288,7 +318,7 @@ Parallel = Devices | MPI
 
 def auto() -> Parallel | None:
     """``MPI`` if this process is one of several launched ranks, else ``Devices`` if this process
-    has several devices, else ``None``."""
+    has several accelerators (never for CPU "devices": see ``CPU_DEVICES_WARNING``), else ``None``."""
     if launched_ranks() > 1:
         scheme = MPI()
         if scheme.n_shards == 1:  # each process would run the whole job alone, into the same directory
@@ -296,6 +326,6 @@ def auto() -> Parallel | None:
                                "built against another MPI than the launcher's (or srun lacks --mpi=pmix / "
                                "--mpi=pmi2); rebuild mpi4py and mpi4jax against the MPI you launch with")
         return scheme
-    if jax.local_device_count() > 1:
+    if jax.local_device_count() > 1 and jax.local_devices()[0].platform != "cpu":
         return Devices()
     return None

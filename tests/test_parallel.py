@@ -136,12 +136,15 @@ def test_sharded_evaluation_compiles_to_per_device_shards():
         "p = parallel.Devices()\n"
         "f = jax.jit(lambda pop: problem.evaluate_flat(jax.random.key(0), pop, 0, p).score)\n"
         "print(f.lower(jnp.ones((33, 5))).compile().as_text())\n"
+        "print('auto:', parallel.auto())\n"
     )
     done = subprocess.run([sys.executable, "-c", script], env=two_cpu_devices_env(), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     shapes = set(re.findall(r"f32\[(\d+),5\]", done.stdout))
     assert "17" in shapes  # 33 rows padded to 34, 17 per device
+    assert "share one thread pool" in done.stderr  # CPU devices warn: no gain, and jaxlib can deadlock
+    assert "auto: None" in done.stdout  # auto() never picks CPU devices
 
 
 def test_one_device_is_exactly_plain_jit():
