@@ -202,7 +202,8 @@ def run(
     parallel:       split each generation's evaluation over devices (``l2ljax.parallel.Devices()``)
                     or MPI ranks (``l2ljax.parallel.MPI()``; every rank calls ``run`` alike, rank 0
                     writes ``directory`` and shows progress, all return the same result), or
-                    ``l2ljax.parallel.auto()``. Same numbers as without, to float tolerance.
+                    ``l2ljax.parallel.auto()``. Same numbers as without, to float tolerance (for host
+                    simulators that use their seed, see ``l2ljax.parallel``).
     """
     n_generations = check_positive_int(n_generations, "n_generations")
     if stop_criterion is not None:
