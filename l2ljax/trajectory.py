@@ -25,6 +25,7 @@ per-individual fields are replaced by ``score_max``, ``score_mean``, ``score_min
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -39,12 +40,22 @@ META = "meta.json"
 FORMAT_VERSION = 1
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: Path, write: Any, suffix: str = "") -> None:
     """Call ``write(file_object)`` on a temporary file in the same folder, fsync, rename into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from the user's group
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -60,8 +71,23 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+def plain_json(obj: Any) -> Any:
+    """``obj`` as standard JSON values: arrays as lists, non-finite floats as the strings
+    ``"inf"``, ``"-inf"``, ``"nan"`` (JSON has no Infinity/NaN; other readers reject them)."""
+    def finite(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [finite(v) for v in x]
+        return x
+
+    return finite(json.loads(json.dumps(obj, default=_jsonable)))
+
+
 def write_meta(directory: Path, meta: dict[str, Any]) -> None:
-    payload = json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2, default=_jsonable).encode()
+    payload = json.dumps(plain_json({"format_version": FORMAT_VERSION, **meta}), indent=2, allow_nan=False).encode()
     atomic_write(Path(directory) / META, lambda f: f.write(payload))
 
 

@@ -26,8 +26,10 @@ def test_main_job_writes_curve_plot_trajectory_and_resumes(tmp_path, capsys):
     assert (out / "test_error.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert l2ljax.load_trajectory(out)["generation"].tolist() == [0, 1, 2, 3]
     assert "final test accuracy of the ensemble mean" in capsys.readouterr().out
-    with pytest.raises(FileExistsError, match="resume=True"):
+    with pytest.raises(SystemExit) as exit_info:
         main(argv)
+    assert exit_info.value.code == 1
+    assert "add --resume" in capsys.readouterr().err
     main([*argv, "--iterations", "6", "--resume"])  # the later --iterations wins
     assert l2ljax.load_trajectory(out)["generation"].tolist() == list(range(6))
 
