@@ -16,7 +16,9 @@ import datetime
 import io
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -393,9 +395,12 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     command = {"mnist-enkf": mnist_enkf, "functions": functions_table, "plot": plot_run}[args.command]
     debug = args.debug or os.environ.get("L2LJAX_DEBUG", "") not in ("", "0")
+    interrupts = _Interrupts()
+    previous = {signum: signal.signal(signum, interrupts.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         command(args)
     except KeyboardInterrupt:
+        interrupts.handled.set()
         _abort_other_ranks()
         if debug:
             raise
@@ -412,6 +417,43 @@ def main(argv: list[str] | None = None) -> None:
             message = f"{type(error).__name__}: {message} (--debug shows the traceback)"
         print(f"l2ljax {args.command}: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    finally:
+        interrupts.handled.set()
+        sys.unraisablehook = interrupts.unraisable
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class _Interrupts:
+    """Ctrl-C and SIGTERM (a batch system's stop) as KeyboardInterrupt, raised until it is handled.
+
+    Python may deliver the exception inside a garbage-collection callback, which swallows it; so it
+    is raised again every half second until ``main`` has handled it. A second signal from the user ends
+    the process at once.
+    """
+
+    def __init__(self) -> None:
+        self.handled = threading.Event()
+        self.pending: int | None = None
+        self.retrying = False
+        self.unraisable = sys.unraisablehook
+        sys.unraisablehook = self._quiet_when_swallowed
+
+    def _quiet_when_swallowed(self, info) -> None:
+        if not isinstance(info.exc_value, KeyboardInterrupt):  # ours is raised again: no traceback
+            self.unraisable(info)
+
+    def handle(self, signum: int, frame) -> None:
+        if self.pending is not None and not self.retrying:
+            os._exit(INTERRUPTED)
+        self.pending, self.retrying = signum, False
+        threading.Timer(0.5, self._retry).start()
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def _retry(self) -> None:
+        if not self.handled.is_set():
+            self.retrying = True
+            signal.raise_signal(self.pending)
 
 
 def _how_to_continue(args: argparse.Namespace) -> str:

@@ -117,7 +117,8 @@ def test_existing_out_says_add_resume(empty_dir):
 
 
 @needs_mnist
-def test_ctrl_c_exits_130_and_says_how_to_continue(empty_dir):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_exits_130_and_says_how_to_continue(empty_dir, signum):
     process = subprocess.Popen([*l2ljax_command(), "mnist-enkf", "--iterations", "100000", *TINY, "--out", "run",
                                 "--eval-every", "1"], cwd=empty_dir, env=user_env(empty_dir / "home"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -126,7 +127,7 @@ def test_ctrl_c_exits_130_and_says_how_to_continue(empty_dir):
     while not csv_path.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
     assert csv_path.exists(), "the run never finished its first iteration"
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert "--resume --out run" in err and "Traceback" not in err
