@@ -62,7 +62,12 @@ def plot_test_error(rows: list[list], path: Path, title: str) -> bool:
 
 
 def plot_run(args: argparse.Namespace) -> Path:
-    """PNG of a run directory's progress: best-so-far and the population's score quantiles."""
+    """PNG of a run directory's progress.
+
+    A Kalman run (a ``diag/misfit`` record) shows its data misfit and, where the main job wrote
+    ``test_accuracy.csv``, the test accuracy; other runs show the best score so far and the
+    population's score quantiles.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,23 +76,43 @@ def plot_run(args: argparse.Namespace) -> Path:
     from l2ljax.trajectory import load_trajectory, read_meta
 
     run_dir = Path(args.directory)
+    if not (run_dir / traj.META).exists():
+        raise UsageError(f"{run_dir} is not a run directory (no {traj.META})")
     t = load_trajectory(run_dir)
     meta = read_meta(run_dir)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if "score" in t:
-        score = np.where(np.isfinite(t["score"]), t["score"], np.nan)
-        ax.fill_between(t["generation"], np.nanquantile(score, 0.1, axis=1), np.nanquantile(score, 0.9, axis=1),
-                        alpha=0.25, label="population 10-90 %")
-        ax.plot(t["generation"], np.nanmedian(score, axis=1), label="population median")
-    else:  # a summary run records statistics only
-        ax.fill_between(t["generation"], t["score_min"], t["score_max"], alpha=0.25, label="population min-max")
-        ax.plot(t["generation"], t["score_mean"], label="population mean")
-    ax.plot(t["generation"], t["best_score"], label="best so far")
-    ax.set_xlabel("generation")
-    ax.set_ylabel("score = fitness · weights (maximised)")
-    ax.set_title(f"{meta['optimizer']['name']} on {meta['optimizee']['name']}", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    title = f"{meta['optimizer']['name']} on {meta['optimizee']['name']}"
+    curve = read_accuracy_csv(run_dir / "test_accuracy.csv")
+    if "diag/misfit" in t:
+        panels = 2 if curve else 1
+        fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+        ax = axes[0, 0]
+        ax.plot(t["generation"] + 1, t["diag/misfit"])
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("data misfit of the ensemble (lower is better)")
+        if curve:
+            axes[0, 1].plot([r[0] for r in curve], [100 * r[1] for r in curve], marker="o", markersize=3)
+            axes[0, 1].set_xlabel("iteration")
+            axes[0, 1].set_ylabel("test accuracy of the ensemble-mean network (%)")
+        for a in axes[0]:
+            a.grid(alpha=0.3)
+        fig.suptitle(title, fontsize=9)
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if "score" in t:
+            score = np.where(np.isfinite(t["score"]), t["score"], np.nan)
+            ax.fill_between(t["generation"], np.nanquantile(score, 0.1, axis=1), np.nanquantile(score, 0.9, axis=1),
+                            alpha=0.25, label="population 10-90 %")
+            ax.plot(t["generation"], np.nanmedian(score, axis=1), label="population median")
+        else:  # a summary run records statistics only
+            ax.fill_between(t["generation"], t["score_min"], t["score_max"], alpha=0.25, label="population min-max")
+            ax.plot(t["generation"], t["score_mean"], label="population mean")
+        ax.plot(t["generation"], t["best_score"], label="best so far")
+        ax.set_xlabel("generation")
+        ax.set_ylabel("score = fitness x weights (higher is better)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(args.output) if args.output else run_dir / "progress.png"
     buffer = io.BytesIO()
@@ -96,6 +121,14 @@ def plot_run(args: argparse.Namespace) -> Path:
     traj.atomic_write(out, lambda f: f.write(buffer.getvalue()))
     print(f"wrote {out}")
     return out
+
+
+def read_accuracy_csv(path: Path) -> list[list]:
+    """The main job's ``test_accuracy.csv`` rows ``[iteration, accuracy, seconds]`` (empty if absent)."""
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [[int(r[0]), float(r[1]), float(r[2])] for r in list(csv.reader(f))[1:]]
 
 
 class UsageError(Exception):
@@ -214,10 +247,7 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     params = opt.default_params.replace(gamma=args.gamma)
     ensemble, _ = build_model(args.model)
     curve_path = out / "test_accuracy.csv"
-    curve: list[list] = []
-    if args.resume and curve_path.exists():
-        with open(curve_path) as f:
-            curve = [[int(r[0]), float(r[1]), float(r[2])] for r in list(csv.reader(f))[1:]]
+    curve = read_accuracy_csv(curve_path) if args.resume else []
     test_images, test_labels = data.test_images, data.test_labels
     if args.test_subset:
         test_images, test_labels = test_images[:args.test_subset], test_labels[:args.test_subset]
@@ -225,17 +255,26 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     title = (f"EnKF, LOD CNN, J={args.members}, batch {args.batch}, gamma={args.gamma}, "
              f"{args.repetitions} reps, {args.mode}")
 
-    def evaluate(record: dict, state) -> None:
-        iteration = int(record["generation"]) + 1
-        if not writer or iteration != int(state.generation):  # chunks are eval_every long: evaluate at each chunk's end
-            return
+    def test_row(iteration: int, state) -> None:
         mean = jax.numpy.mean(state.inner.ensemble, axis=0)
         acc = dataset_accuracy(ensemble, mean, test_images, test_labels)
         curve.append([iteration, acc, time.perf_counter() - start])
+        curve.sort(key=lambda row: row[0])
         _write_csv(curve_path, ["iteration", "test_accuracy", "seconds"], curve)
         plot_test_error(curve, out / "test_error.png", title)
         print(f"\n  iteration {iteration}: test accuracy of the ensemble mean {100 * acc:.2f} % "
               f"({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+
+    def evaluate(record: dict, state) -> None:
+        iteration = int(record["generation"]) + 1
+        if writer and iteration == int(state.generation):  # chunks are eval_every long: evaluate at each chunk's end
+            test_row(iteration, state)
+
+    if writer and args.resume and traj.has_checkpoint(out):
+        # A kill between the checkpoint and the test of that iteration would lose its row for good: test it now.
+        saved, _, saved_generation = traj.load_checkpoint(out, opt.init(jax.random.key(args.seed), params))
+        if saved_generation > 0 and saved_generation not in [row[0] for row in curve]:
+            test_row(saved_generation, saved)
 
     if writer:
         print(f"EnKF on MNIST: {title}; {problem.space.dim} parameters; {args.iterations} iterations; "
@@ -250,6 +289,10 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     if not writer:
         return {}
+    try:  # the misfit and accuracy curves side by side
+        plot_run(argparse.Namespace(directory=out, output=None))
+    except ImportError:
+        pass
     summary = {"final_test_accuracy": curve[-1][1] if curve else float("nan"), "iterations": result.generations,
                "seconds": seconds, "members": args.members, "mode": args.mode}
     print(f"final test accuracy of the ensemble mean: {100 * summary['final_test_accuracy']:.2f} % after "

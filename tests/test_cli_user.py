@@ -61,6 +61,7 @@ def test_readme_main_job_as_a_new_user(empty_dir):
     assert rows[0] == ["iteration", "test_accuracy", "seconds"] and [int(r[0]) for r in rows[1:]] == [2, 4]
     assert all(0.0 <= float(r[1]) <= 1.0 for r in rows[1:])
     assert (run_dir / "test_error.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = strict_json(run_dir / "meta.json")
     assert meta["n_generations"] == 4 if "n_generations" in meta else True
     chunks = sorted((run_dir / "trajectory").glob("chunk_*.npz"))
@@ -159,3 +160,43 @@ def test_functions_table_explains_itself_and_has_no_negative_gaps(empty_dir):
     assert all(float(v) >= 0 for r in rows for v in r[1:])
     help_text = l2ljax("functions", "--help", cwd=empty_dir, timeout=60).stdout
     assert "--quick" in help_text and "minutes" in help_text and "rastrigin" in help_text
+
+
+@needs_mnist
+def test_main_job_killed_at_random_instants_loses_no_record(empty_dir):
+    """SIGKILL at random instants, resume each time: the CSV and the final state equal an uninterrupted run's."""
+    import random
+
+    flags = ["--iterations", "8", *TINY, "--eval-every", "1"]
+    reference = l2ljax("mnist-enkf", *flags, "--out", "reference", cwd=empty_dir)
+    assert reference.returncode == 0, reference.stderr
+    rng = random.Random(0)
+    run_dir = empty_dir / "killed"
+    csv_path = run_dir / "test_accuracy.csv"
+    for _ in range(3):
+        resume = ["--resume"] if (run_dir / "meta.json").exists() else []
+        process = subprocess.Popen([*l2ljax_command(), "mnist-enkf", *flags, "--out", "killed", *resume],
+                                   cwd=empty_dir, env=user_env(empty_dir / "home"), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        seen = csv_path.stat().st_mtime_ns if csv_path.exists() else 0
+        deadline = time.monotonic() + 240
+        while process.poll() is None and time.monotonic() < deadline:  # wait for this process's first record
+            if csv_path.exists() and csv_path.stat().st_mtime_ns != seen:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))
+        process.kill()
+        process.wait()
+    finished = l2ljax("mnist-enkf", *flags, "--out", "killed", "--resume", cwd=empty_dir)
+    assert finished.returncode == 0, finished.stderr
+
+    def table(path: Path) -> list[tuple[int, str]]:
+        with open(path / "test_accuracy.csv") as f:
+            return [(int(r[0]), r[1]) for r in list(csv.reader(f))[1:]]
+
+    assert table(run_dir) == table(empty_dir / "reference")
+    assert [i for i, _ in table(run_dir)] == list(range(1, 9))
+    with np.load(run_dir / "checkpoint.npz") as got, np.load(empty_dir / "reference" / "checkpoint.npz") as want:
+        assert got.files == want.files
+        for name in want.files:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
