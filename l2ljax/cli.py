@@ -231,6 +231,8 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     writer = scheme is None or scheme.is_writer
     out = resolve_out(args, scheme)
     args.out = str(out)  # the interrupt message names it
+    if writer:
+        print(f"l2ljax mnist-enkf: results will be in {out}; loading MNIST ...", file=sys.stderr, flush=True)
     if not writer:  # rank 0 fetches MNIST first, so ranks never download into one cache at once
         scheme.agree(None)
     data = load_mnist_for_cli(args)
