@@ -172,19 +172,22 @@ def test_main_job_killed_at_random_instants_loses_no_record(empty_dir):
     assert reference.returncode == 0, reference.stderr
     rng = random.Random(0)
     run_dir = empty_dir / "killed"
-    csv_path = run_dir / "test_accuracy.csv"
-    for _ in range(3):
+    checkpoint = run_dir / "checkpoint.npz"
+    # The riskiest instant is just after a checkpoint, before that iteration's test row is written
+    # (the first test also compiles): kill there twice; once at a random instant.
+    for wait in ("after checkpoint", "random", "after checkpoint"):
         resume = ["--resume"] if (run_dir / "meta.json").exists() else []
         process = subprocess.Popen([*l2ljax_command(), "mnist-enkf", *flags, "--out", "killed", *resume],
                                    cwd=empty_dir, env=user_env(empty_dir / "home"), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
-        seen = csv_path.stat().st_mtime_ns if csv_path.exists() else 0
+        seen = checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
         deadline = time.monotonic() + 240
-        while process.poll() is None and time.monotonic() < deadline:  # wait for this process's first record
-            if csv_path.exists() and csv_path.stat().st_mtime_ns != seen:
+        while process.poll() is None and time.monotonic() < deadline:  # this process's first checkpoint
+            if checkpoint.exists() and checkpoint.stat().st_mtime_ns != seen:
                 break
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.6))
+            time.sleep(0.001)
+        if wait == "random":
+            time.sleep(rng.uniform(0.0, 0.6))
         process.kill()
         process.wait()
     finished = l2ljax("mnist-enkf", *flags, "--out", "killed", "--resume", cwd=empty_dir)
