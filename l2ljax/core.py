@@ -10,19 +10,31 @@ a positive weight maximises that objective, a negative one minimises it). A row 
 has any non-finite entry scores ``-inf``: it is never elite, never best, and optimizers keep it
 out of their state.
 
+Optimizers and optimizees are immutable (:class:`Frozen`, frozen dataclasses): a changed
+setting is a new object (``opt.replace(pop_size=16)``), so programs compiled for an object stay
+right. Hyperparameters follow one rule: continuous ones (rates, temperatures, step sizes) are
+fields of the optimizer's ``Params`` pytree, which is vmappable, schedulable and checked; those
+that decide shapes or code paths (population sizes, the number of components, a schedule's
+name) are static constructor arguments. Floating-point state has the dtype of the individuals'
+template (float32 by default; float64 templates under ``jax_enable_x64`` give float64 state).
+
 Example::
 
-    problem = l2ljax.functions.optimizee("rastrigin", dim=2)
-    opt = l2ljax.CrossEntropy(problem.space, pop_size=32)
-    state = opt.init(jax.random.key(0))
-    population = opt.ask(jax.random.key(1), state)
-    state = opt.tell(state, population, problem.evaluate(jax.random.key(2), population))
+    >>> import jax, l2ljax
+    >>> problem = l2ljax.function_optimizee("rastrigin", dim=2)
+    >>> opt = l2ljax.CrossEntropy(problem, pop_size=32)
+    >>> state = opt.init(jax.random.key(0))
+    >>> population = opt.ask(jax.random.key(1), state)
+    >>> state = opt.tell(state, population, problem.evaluate(jax.random.key(2), population))
+    >>> int(state.generation), population.shape
+    (1, (32, 2))
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -32,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 from jax.flatten_util import ravel_pytree
+
+from l2ljax.parallel import coordinator
 
 Array = jax.Array
 PyTree = Any
@@ -64,7 +78,8 @@ class Space:
     """A box-bounded search space of pytree individuals, flattened to ``dim`` floats.
 
     ``lower``/``upper`` are flat float64 numpy arrays (``-inf``/``inf`` where unbounded);
-    ``sample(key) -> (dim,)`` draws one initial individual (L2L's ``create_individual``).
+    ``sample(key) -> (dim,)`` draws one initial individual (L2L's ``create_individual``);
+    ``dtype``: the flat individuals' dtype (the template's), which optimizer states keep.
     """
 
     unravel: Callable[[Array], PyTree]
@@ -72,6 +87,7 @@ class Space:
     lower: np.ndarray
     upper: np.ndarray
     sample: Callable[[Array], Array]
+    dtype: Any = jnp.float32
 
     @property
     def bounded(self) -> bool:
@@ -129,7 +145,7 @@ class Space:
         else:
             def sample_flat(key: Array) -> Array:
                 return flat + jax.random.normal(key, (dim,), flat.dtype)
-        return Space(unravel=unravel, dim=dim, lower=lo, upper=hi, sample=sample_flat)
+        return Space(unravel=unravel, dim=dim, lower=lo, upper=hi, sample=sample_flat, dtype=flat.dtype)
 
 
 def _flat_bound(bound: Any, template: PyTree, dim: int, default: float, which: str) -> np.ndarray:
@@ -294,10 +310,7 @@ class Optimizee:
                 return self.population_fn(rows_flat, rows_keys, inputs)
             return jax.vmap(self.fn, in_axes=(0, 0, None))(self.space.to_pytree(rows_flat), rows_keys, inputs)
 
-        if parallel is None:
-            fitness, outputs = score_rows((population, keys))
-        else:
-            fitness, outputs = parallel.map_rows(score_rows, (population, keys))
+        fitness, outputs = coordinator(parallel).map_rows(score_rows, (population, keys))
         if outputs is not None:  # only optimizees with data produce outputs for Kalman methods
             outputs, targets = outputs.reshape(n, -1), jnp.ravel(targets)
         fitness = jnp.asarray(fitness).reshape(n, -1)
@@ -330,7 +343,7 @@ class Optimizee:
             return fitness.reshape(rows.shape[0], -1)
 
         rows = np.asarray(population)
-        fitness = score_rows(rows, seed) if parallel is None else parallel.map_rows_host(score_rows, rows, seed)
+        fitness = coordinator(parallel).map_rows_host(score_rows, rows, seed)
         if self.noise_std > 0:
             fitness = fitness + self.noise_std * np.random.default_rng(seed).normal(size=fitness.shape)
         return make_evaluation(jnp.asarray(fitness, population.dtype), self.weights)
@@ -369,7 +382,44 @@ class OptState:
     generation: Array
 
 
-class Optimizer:
+class _FreezeAfterInit(type):
+    """Freezes an instance once its (most derived) ``__init__`` has returned, and keeps the
+    constructor arguments for ``replace``."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        instance = super().__call__(*args, **kwargs)
+        object.__setattr__(instance, "_arguments", (args, kwargs))
+        object.__setattr__(instance, "_frozen", True)
+        return instance
+
+
+class Frozen(metaclass=_FreezeAfterInit):
+    """A configuration object that cannot change after construction: compiled programs are
+    cached per object, so a setting changed in place would silently run the old program.
+    ``replace(**changes)`` builds a new object from the constructor arguments and the changes."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(f"{type(self).__name__} is immutable: make a new one with "
+                                 f".replace({name}=...) instead of setting {name}")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name}")
+
+    def replace(self, **changes: Any) -> Any:
+        """A new object built like this one, with the constructor arguments in ``changes`` replaced."""
+        args, kwargs = self.__dict__["_arguments"]
+        signature = inspect.signature(type(self).__init__)
+        bound = signature.bind(None, *args, **kwargs)
+        unknown = set(changes) - set(signature.parameters)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} takes no argument(s) {sorted(unknown)}")
+        bound.arguments.update(changes)
+        return type(self)(*bound.args[1:], **bound.kwargs)
+
+
+class Optimizer(Frozen):
     """Static configuration plus the pure functions ``init``, ``ask`` and ``tell``.
 
     Subclasses define ``Params`` (a ``flax.struct`` dataclass of hyperparameters with
@@ -413,7 +463,7 @@ class Optimizer:
         if x0 is None:
             flat_x0 = self.space.sample(k_x0)
         else:
-            template = jax.eval_shape(self.space.unravel, jax.ShapeDtypeStruct((self.space.dim,), jnp.float32))
+            template = jax.eval_shape(self.space.unravel, jax.ShapeDtypeStruct((self.space.dim,), self.space.dtype))
             if (jax.tree_util.tree_structure(x0) != jax.tree_util.tree_structure(template) or any(
                     np.shape(a) != b.shape for a, b in zip(jax.tree_util.tree_leaves(x0),
                                                            jax.tree_util.tree_leaves(template), strict=True))):
@@ -422,14 +472,14 @@ class Optimizer:
             flat_x0 = ravel_pytree(x0)[0]
             if is_concrete(flat_x0) and not np.all(np.isfinite(np.asarray(flat_x0))):
                 raise ValueError("x0 contains NaN or inf")
-        return self._jit_init(k_init, jnp.asarray(flat_x0, jnp.float32), params)
+        return self._jit_init(k_init, jnp.asarray(flat_x0, self.space.dtype), params)
 
     @functools.cached_property
     def _jit_init(self) -> Callable[[Array, Array, Any], OptState]:
         def init_flat(key: Array, flat_x0: Array, params: Any) -> OptState:
             flat_x0 = self.space.clip(flat_x0)
             inner = self._init(key, flat_x0, params)
-            return OptState(params, inner, flat_x0, jnp.array(-jnp.inf, jnp.float32), jnp.array(0, jnp.int32))
+            return OptState(params, inner, flat_x0, jnp.array(-jnp.inf, flat_x0.dtype), jnp.array(0, jnp.int32))
 
         return jax.jit(init_flat)
 
@@ -515,5 +565,6 @@ def centered_ranks(score: Array) -> Array:
     """Utilities in [-0.5, 0.5] by rank (Salimans et al. 2017); -inf scores get the lowest."""
     n = score.shape[0]
     order = jnp.argsort(score)
-    ranks = jnp.zeros(n, jnp.float32).at[order].set(jnp.arange(n, dtype=jnp.float32))  # one sort, not two
+    dtype = score.dtype if jnp.issubdtype(score.dtype, jnp.floating) else jnp.float32
+    ranks = jnp.zeros(n, dtype).at[order].set(jnp.arange(n, dtype=dtype))  # one sort, not two
     return ranks / max(n - 1, 1) - 0.5

@@ -15,6 +15,7 @@ does) and derive per-row seeds from it.
 - ``MPI``: one process per rank (``srun``/``mpirun``), rows gathered with mpi4jax inside the
   jitted step (``mpi4py`` for optimizees evaluated on the host). Rank 0 writes the run directory
   and shows progress; every rank returns the same result.
+- ``SingleProcess``: the no-op scheme of a plain run (what ``parallel=None`` means).
 - ``auto()``: ``MPI`` when launched as several ranks, else ``Devices`` when there are several
   local devices, else ``None`` (plain ``jit``).
 
@@ -32,7 +33,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -133,13 +134,81 @@ def padded_rows(rows: PyTree, n_shards: int) -> tuple[PyTree, int]:
     return jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)]), rows), per_shard
 
 
-class Devices:
+class Coordinator(Protocol):
+    """What the run layer asks of a parallel scheme: the whole interface, declared once.
+
+    Traced inside the compiled step: ``map_rows`` (score the rows, split over shards, gathered
+    back) and ``any_traced`` (a flag set on any shard). On the host: ``map_rows_host`` (the same
+    for host simulators), ``place`` (put the state where the compiled step expects it),
+    ``is_writer`` (this process writes the run directory and shows progress), ``agree`` (the
+    writer's value everywhere), ``raise_together`` (an error on any process raises on all) and
+    ``settle`` (after a chunk's host work: raise together, and stop if any process asks to).
+    """
+
+    is_writer: bool
+    n_shards: int
+
+    def map_rows(self, compute: Callable[[PyTree], PyTree], rows: PyTree) -> PyTree: ...
+
+    def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
+                      ) -> np.ndarray: ...
+
+    def any_traced(self, flag: jax.Array) -> jax.Array: ...
+
+    def place(self, tree: PyTree) -> PyTree: ...
+
+    def agree(self, value: Any) -> Any: ...
+
+    def raise_together(self, error: BaseException | None) -> None: ...
+
+    def settle(self, stop: bool, error: BaseException | None) -> bool: ...
+
+
+class SingleProcess:
+    """The coordinator of a run in one process on one device: every member is the identity."""
+
+    is_writer = True
+    n_shards = 1
+
+    def __repr__(self) -> str:
+        return "one device"
+
+    def __eq__(self, other: object) -> bool:  # equal schemes share compiled programs
+        return type(other) is SingleProcess
+
+    def __hash__(self) -> int:
+        return hash("SingleProcess")
+
+    def map_rows(self, compute: Callable[[PyTree], PyTree], rows: PyTree) -> PyTree:
+        return compute(rows)
+
+    def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
+                      ) -> np.ndarray:
+        return compute(rows, seed, 0)  # a host simulator is not split over devices
+
+    def any_traced(self, flag: jax.Array) -> jax.Array:
+        return flag
+
+    def place(self, tree: PyTree) -> PyTree:
+        return tree
+
+    def agree(self, value: Any) -> Any:
+        return value
+
+    def raise_together(self, error: BaseException | None) -> None:
+        if error is not None:
+            raise error
+
+    def settle(self, stop: bool, error: BaseException | None) -> bool:
+        self.raise_together(error)
+        return stop
+
+
+class Devices(SingleProcess):
     """Shard the population's evaluation over the devices of this process.
 
     devices: the devices to use (default: ``jax.local_devices()``).
     """
-
-    is_writer = True
 
     def __init__(self, devices: list[jax.Device] | None = None):
         devices = list(jax.local_devices() if devices is None else devices)
@@ -182,27 +251,9 @@ class Devices:
                          out_specs=PartitionSpec())(rows)
         return jax.lax.with_sharding_constraint(jax.tree_util.tree_map(lambda x: x[:n], out), replicated)
 
-    def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
-                      ) -> np.ndarray:
-        return compute(rows, seed, 0)  # a host simulator is not split over devices
-
     def place(self, tree: PyTree) -> PyTree:
         """Replicate ``tree`` (the optimizer state) over the mesh, where the jitted step expects it."""
         return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
-
-    def agree(self, value: Any) -> Any:
-        return value
-
-    def raise_together(self, error: BaseException | None) -> None:
-        if error is not None:
-            raise error
-
-    def settle(self, stop: bool, error: BaseException | None) -> bool:
-        self.raise_together(error)
-        return stop
-
-    def any_traced(self, flag: jax.Array) -> jax.Array:
-        return flag
 
 
 class MPI:
@@ -314,6 +365,11 @@ def _world_clone(mpi: Any) -> Any:
 
 
 Parallel = Devices | MPI
+
+
+def coordinator(parallel: Coordinator | None) -> Coordinator:
+    """The coordinator of a run: ``parallel`` itself, or ``SingleProcess()`` for ``None``."""
+    return SingleProcess() if parallel is None else parallel
 
 
 def auto() -> Parallel | None:

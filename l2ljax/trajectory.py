@@ -61,7 +61,7 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def write_meta(directory: Path, meta: dict[str, Any]) -> None:
-    payload = json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2, default=_jsonable).encode()
+    payload = json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2, default=jsonable).encode()
     atomic_write(Path(directory) / META, lambda f: f.write(payload))
 
 
@@ -69,7 +69,7 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return json.loads((Path(directory) / META).read_text())
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray | jax.Array):
         return np.asarray(x).tolist()
     if isinstance(x, np.generic):

@@ -29,9 +29,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
-from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_range, is_concrete
+from l2ljax.core import Evaluation, Frozen, Optimizee, Optimizer, Space, check_range, is_concrete
 
 
 class GaussianState(NamedTuple):
@@ -39,7 +40,7 @@ class GaussianState(NamedTuple):
     cov: jax.Array  # (dim, dim), or (dim,) variances when diagonal
 
 
-class Gaussian:
+class Gaussian(Frozen):
     """Multivariate normal; ``diagonal=True`` keeps only variances (for large dim)."""
 
     name = "Gaussian"
@@ -235,14 +236,14 @@ class CrossEntropy(Optimizer):
         check_range(params, "rho", 0.0, 1.0, lo_open=True, owner=self.name)
         check_annealing_params(params, self.name)
         rho = params.rho
-        if is_concrete(rho) and int(float(jnp.max(jnp.asarray(rho))) * self.pop_size) < 1:
+        if is_concrete(rho) and int(float(np.max(np.asarray(rho))) * self.pop_size) < 1:
             raise ValueError(f"{self.name}: rho * pop_size must be at least 1, got {rho} * {self.pop_size}")
 
     def _init(self, key: jax.Array, x0: jax.Array, params: CrossEntropyParams) -> CrossEntropyState:
         k_dist, k_state = jax.random.split(key)
         dist = initial_distribution(self.distribution, self.space, k_dist, k_state, x0, self.pop_size, self.init_std)
-        return CrossEntropyState(dist, jnp.array(-jnp.inf, jnp.float32),
-                                 jnp.asarray(params.temperature, jnp.float32), k_state)
+        return CrossEntropyState(dist, jnp.array(-jnp.inf, x0.dtype), jnp.asarray(params.temperature, x0.dtype),
+                                 k_state)
 
     def _ask(self, key: jax.Array, inner: CrossEntropyState, params: CrossEntropyParams) -> jax.Array:
         return self.distribution.sample(key, inner.dist, self.pop_size)

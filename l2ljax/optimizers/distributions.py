@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from l2ljax.core import check_positive_int
+from l2ljax.core import Frozen, check_positive_int
 from l2ljax.optimizers.cross_entropy import _cholesky, check_noise, draw_noise
 
 _PRIOR_COUNT = 1e-6  # pseudo-samples of the current parameters in each M-step (see module docstring)
@@ -58,7 +58,7 @@ class MixtureState(NamedTuple):
     covs: jax.Array  # (K, dim, dim), or (K, dim) variances when diagonal
 
 
-class GaussianMixture:
+class GaussianMixture(Frozen):
     """Mixture of ``n_components`` Gaussians refitted by ``n_iter`` weighted EM iterations.
 
     ``diagonal=True`` keeps only per-component variances (for large dim). ``reg_covar > 0``

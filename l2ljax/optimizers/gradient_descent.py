@@ -91,8 +91,8 @@ def add_decaying_noise(deviation: float, decay: float, seed: int = 0) -> optax.G
         del params
         leaves, treedef = jax.tree_util.tree_flatten(updates)
         key, *keys = jax.random.split(state.key, len(leaves) + 1)
-        std = deviation * jnp.power(decay, (state.count + 1).astype(jnp.float32))
-        noisy = [leaf + (std * jax.random.normal(k, leaf.shape, jnp.float32)).astype(leaf.dtype)
+        noisy = [leaf + (deviation * jnp.power(decay, (state.count + 1).astype(leaf.dtype))
+                         * jax.random.normal(k, leaf.shape, leaf.dtype)).astype(leaf.dtype)
                  for leaf, k in zip(leaves, keys, strict=True)]
         return jax.tree_util.tree_unflatten(treedef, noisy), DecayingNoiseState(state.count + 1, key)
 

@@ -150,10 +150,11 @@ def temperature(schedule: str, t: Array | int, T0: Array | float, Tn: Array | fl
     ``T0``: start temperature; ``Tn``: end temperature (additive schedules); ``decay``: α of the
     multiplicative schedules; ``n_iteration``: horizon n of the additive schedules (required for
     them; t is clipped to [0, n], so they stay at T(n) after n). Arguments broadcast (e.g. one
-    value per chain); the result is float32.
+    value per chain); the result is float32 (float64 under ``jax_enable_x64``).
     """
     name = cooling_schedule_name(schedule)
-    k = jnp.asarray(t, jnp.float32)
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    k = jnp.asarray(t, dtype)
     n = 0.0
     if name in ADDITIVE_SCHEDULES:
         if n_iteration is None:
@@ -161,7 +162,7 @@ def temperature(schedule: str, t: Array | int, T0: Array | float, Tn: Array | fl
                              "over which it cools from T0 to Tn)")
         n = float(check_positive_int(n_iteration, "n_iteration"))
         k = jnp.clip(k, 0.0, n)
-    T0, Tn, decay = (jnp.asarray(v, jnp.float32) for v in (T0, Tn, decay))
+    T0, Tn, decay = (jnp.asarray(v, dtype) for v in (T0, Tn, decay))
     return _SCHEDULES[name](k, T0, Tn, decay, n)
 
 
@@ -220,8 +221,8 @@ def init_chains(space: Space, key: Array, x0: Array, n: int) -> AnnealingState:
     k_points, k_state = jax.random.split(key)
     others = jax.vmap(space.sample)(jax.random.split(k_points, n - 1)).astype(x0.dtype)
     x = space.clip(jnp.concatenate([x0[None], others]))
-    return AnnealingState(x, jnp.full(n, -jnp.inf, jnp.float32), jnp.array(0, jnp.int32), k_state,
-                          jnp.array(0.0, jnp.float32))
+    return AnnealingState(x, jnp.full(n, -jnp.inf, x0.dtype), jnp.array(0, jnp.int32), k_state,
+                          jnp.array(0.0, x0.dtype))
 
 
 def propose(key: Array, x: Array, noisy_step: Array, temperatures: Array) -> Array:
@@ -247,7 +248,7 @@ def metropolis(chains: AnnealingState, proposals: Array, proposal_score: Array, 
         score=jnp.where(accept, proposal_score, chains.score).astype(chains.score.dtype),
         step=chains.step + 1,
         key=key,
-        acceptance_rate=jnp.mean(accept.astype(jnp.float32)),
+        acceptance_rate=jnp.mean(accept.astype(chains.acceptance_rate.dtype)),
     )
 
 
