@@ -175,21 +175,39 @@ def _flat_bound(bound: Any, template: PyTree, dim: int, default: float, which: s
 # --------------------------------------------------------------------------- evaluation
 
 
+class KalmanData(NamedTuple):
+    """The extension of an evaluation that Kalman methods need (optimizees with ``data``).
+
+    outputs:  (J, M) every individual's model outputs G(u_j).
+    targets:  (M,) the observations y the outputs should match.
+    """
+
+    outputs: Array
+    targets: Array
+
+
 class Evaluation(NamedTuple):
     """What the inner loop returns for a population of J individuals.
 
     fitness:  (J, n_obj) raw objective values as the optimizee returned them.
     weighted: (J, n_obj) fitness * weights; rows with any non-finite value are ``-inf``.
     score:    (J,) sum of ``weighted``: the scalar every optimizer maximises.
-    outputs:  (J, M) model outputs (Kalman methods), or None.
-    targets:  (M,) observations the outputs should match (Kalman methods), or None.
+    kalman:   :class:`KalmanData` (outputs and observations) from optimizees with ``data``, else
+              None; ``outputs`` and ``targets`` read it (None without it).
     """
 
     fitness: Array
     weighted: Array
     score: Array
-    outputs: Array | None = None
-    targets: Array | None = None
+    kalman: KalmanData | None = None
+
+    @property
+    def outputs(self) -> Array | None:
+        return None if self.kalman is None else self.kalman.outputs
+
+    @property
+    def targets(self) -> Array | None:
+        return None if self.kalman is None else self.kalman.targets
 
 
 def make_evaluation(
@@ -214,7 +232,32 @@ def make_evaluation(
     valid &= jnp.isfinite(total)
     weighted = jnp.where(valid[:, None], product, -jnp.inf)
     score = jnp.where(valid, total, -jnp.inf)
-    return Evaluation(fitness, weighted, score, outputs, targets)
+    kalman = None if outputs is None and targets is None else KalmanData(outputs, targets)
+    return Evaluation(fitness, weighted, score, kalman)
+
+
+def host_convention(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` as a host simulator of the contract, ``fn(population, seed, first_row)``.
+
+    A function of two positional parameters, ``fn(population, seed)``, is wrapped once: the
+    slice starting at row 0 gets ``seed``, any other slice (another MPI rank's) a seed derived
+    from ``(seed, first_row)``, so that two ranks never draw the same noise.
+    """
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: take it as the contract
+        return fn
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return fn
+
+    @functools.wraps(fn)
+    def with_first_row(population: PyTree, seed: int, first_row: int) -> Any:
+        if first_row:
+            seed = int(np.random.SeedSequence([seed, first_row]).generate_state(1)[0] >> 1)
+        return fn(population, seed)
+
+    return with_first_row
 
 
 def check_weights(weights: Sequence[float]) -> tuple[float, ...]:
@@ -231,18 +274,26 @@ def check_weights(weights: Sequence[float]) -> tuple[float, ...]:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Optimizee:
-    """The inner loop: a pure function that scores ONE individual.
+    """The inner loop. The contract, one signature per kind:
 
-    ``fn(individual, key) -> fitness`` (scalar or ``(n_obj,)``), or with ``data``:
-    ``fn(individual, key, inputs) -> (fitness, outputs)`` where ``data(generation) ->
-    (inputs, targets)`` picks the minibatch of a generation (jittable, e.g. indexing arrays
-    already on the device). ``weights`` are L2L's ``fitness_weights``. ``noise_std`` adds
-    N(0, noise_std²) to every objective (L2L's noisy benchmark functions). Set
-    ``jittable=False`` for simulators that are not JAX code: they are then called on the
-    host with a numpy population of shape (J, dim) via ``fn(population_pytree, seed)``.
-    With ``data``, ``population_fn(flat_population, keys, inputs) -> (fitness, outputs)``, if given,
-    replaces the vmap of ``fn`` for the whole population at once (a hand-batched forward,
-    e.g. one grouped convolution for a whole ensemble); ``fn`` must compute the same thing.
+    - JAX: ``fn(individual, key) -> fitness`` (scalar or ``(n_obj,)``) scores ONE individual;
+      l2ljax vmaps and jits it.
+    - JAX with data (Kalman methods): ``fn(individual, key, inputs) -> (fitness, outputs)``,
+      where ``data(generation) -> (inputs, targets)`` picks the minibatch of a generation
+      (jittable, e.g. indexing arrays already on the device); the evaluation then carries
+      :class:`KalmanData`. ``population_fn(flat_population, keys, inputs) -> (fitness,
+      outputs)``, if given, replaces the vmap of ``fn`` for the whole population at once (a
+      hand-batched forward, e.g. one grouped convolution for a whole ensemble); ``fn`` must
+      compute the same thing.
+    - Host (``jittable=False``, simulators that are not JAX code): ``fn(population, seed,
+      first_row) -> (rows, n_obj)`` scores a numpy pytree population (leading axis = rows) on
+      the host; ``first_row`` is the index of its first row in the whole population and
+      ``seed`` is the same on every MPI rank, so per-row seeds can be independent of the split.
+      A two-argument ``fn(population, seed)`` is accepted too: it gets a seed of its own for
+      each slice of rows (see :func:`host_convention`).
+
+    ``weights`` are L2L's ``fitness_weights``. ``noise_std`` adds N(0, noise_std²) to every
+    objective (L2L's noisy benchmark functions).
     """
 
     fn: Callable[..., Any]
@@ -257,6 +308,8 @@ class Optimizee:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", check_weights(self.weights))
+        if not self.jittable:
+            object.__setattr__(self, "fn", host_convention(self.fn))
         if not self.jittable and self.data is not None:
             raise ValueError(f"{self.name}: host-evaluated (jittable=False) optimizees take no data schedule")
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
@@ -323,20 +376,13 @@ class Optimizee:
 
     def evaluate_host(self, key: Array, population: Array, generation: int = 0, parallel: Any = None
                       ) -> Evaluation:
-        """Host-side evaluation for optimizees that are not JAX code (split over MPI ranks by ``parallel``).
-
-        ``fn(population, seed)``; or, if ``fn.takes_first_row`` is true, ``fn(population, seed,
-        first_row)`` with the same seed on every rank and the index of the population's first row in
-        the whole one, so that per-row randomness can be independent of how rows are split.
-        """
+        """Host-side evaluation for optimizees that are not JAX code (split over MPI ranks by
+        ``parallel``): ``fn(rows, seed, first_row)`` on each slice of rows."""
         seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
 
         def score_rows(rows: np.ndarray, rows_seed: int, first_row: int = 0) -> np.ndarray:
             individuals = jax.tree_util.tree_map(np.asarray, self.space.to_pytree(jnp.asarray(rows)))
-            if getattr(self.fn, "takes_first_row", False):
-                fitness = np.asarray(self.fn(individuals, seed, first_row), dtype=np.float64)
-            else:
-                fitness = np.asarray(self.fn(individuals, rows_seed), dtype=np.float64)
+            fitness = np.asarray(self.fn(individuals, rows_seed, first_row), dtype=np.float64)
             if fitness.shape[:1] != (rows.shape[0],):
                 raise ValueError(f"{self.name} returned fitness of shape {fitness.shape} for {rows.shape[0]} "
                                  "individuals: expected one row per individual")

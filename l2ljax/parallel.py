@@ -5,9 +5,10 @@ every process keeps the whole state (same key, same program, same numbers) and o
 population's *evaluation* is split: each shard scores its rows, and the rows are gathered back
 before ``tell``. Per-individual keys are drawn for the whole population before it is split, so a
 parallel run gives the same numbers as a run on one device (to floating-point tolerance: XLA
-may round a shard's batched products differently). Host simulators under MPI get a seed per
-rank, unless they take the row offset (``fn.takes_first_row``, as ``worker_pool_optimizee``
-does) and derive per-row seeds from it.
+may round a shard's batched products differently). Host simulators get the same seed on every rank
+and the index of their first row (``fn(population, seed, first_row)``, the contract of
+:class:`l2ljax.Optimizee`), so ``worker_pool_optimizee`` derives per-row seeds that do not depend
+on the split; a two-argument ``fn(population, seed)`` gets a seed of its own per rank.
 
 - ``Devices``: several devices of one process (GPUs of a node, or CPU devices made with
   ``XLA_FLAGS=--xla_force_host_platform_device_count=N``). The population axis is sharded over a
@@ -304,16 +305,15 @@ class MPI:
 
     def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
                       ) -> np.ndarray:
-        """Host evaluation of this rank's rows, gathered: ``compute(rows, seed, first_row)``. Rank
-        r > 0 gets its own seed (one shared seed would give individuals on different ranks the same
-        noise); ``first_row`` lets a simulator derive per-row seeds that do not depend on the split.
-        If the simulator raises on any rank, every rank raises (none is left waiting)."""
+        """Host evaluation of this rank's rows, gathered: ``compute(rows, seed, first_row)`` with the
+        same seed on every rank; ``first_row`` lets a simulator derive per-row seeds that do not
+        depend on the split (:func:`l2ljax.core.host_convention`). If the simulator raises on any
+        rank, every rank raises (none is left waiting)."""
         per_shard = math.ceil(rows.shape[0] / self.n_shards)
         mine = rows[self.rank * per_shard:(self.rank + 1) * per_shard]
-        rank_seed = seed if self.rank == 0 else int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0] >> 1)
         result, error = None, None
         try:
-            result = compute(mine, rank_seed, self.rank * per_shard) if len(mine) else None
+            result = compute(mine, seed, self.rank * per_shard) if len(mine) else None
         except Exception as failure:  # re-raised below, on every rank
             error = failure
         parts = self._gather_or_raise(result, error)

@@ -142,7 +142,7 @@ def test_survives_a_population_that_is_all_non_finite(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_float64_template_under_x64_gives_float64_state_and_results(name):
-    with jax.experimental.enable_x64():
+    with jax.enable_x64(True):
         opt, problem = setup(name, jnp.float64)
         result = l2ljax.run(opt, problem, jax.random.key(0), 3)
         leaves = float_leaves(result.state)

@@ -55,14 +55,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from l2ljax.core import Evaluation, Optimizee, Optimizer, OptState, Space, check_positive_int
-from l2ljax.optimizers.cross_entropy import (
-    Gaussian,
-    check_annealing_params,
-    cool,
-    initial_distribution,
-    refit,
-    select_samples,
-)
+from l2ljax.optimizers._common import check_annealing_params, cool, initial_distribution, refit, select_samples
+from l2ljax.optimizers.cross_entropy import Gaussian
 
 
 @struct.dataclass

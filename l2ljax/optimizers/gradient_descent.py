@@ -65,6 +65,7 @@ import optax
 from flax import struct
 
 from l2ljax.core import Evaluation, Optimizee, Optimizer, OptState, Space, check_positive_int, check_range
+from l2ljax.optimizers._common import keep_finite
 
 # --------------------------------------------------------------------------- L2L's update rules as optax
 
@@ -231,11 +232,7 @@ class GradientDescent(Optimizer):
         gradient = jnp.linalg.pinv(dx) @ df
         updates, opt_state = self.optimizer.update(-gradient, inner.opt_state, inner.theta)
         theta = self.space.clip(optax.apply_updates(inner.theta, updates))
-        floats = [leaf for leaf in jax.tree_util.tree_leaves((theta, opt_state))
-                  if jnp.issubdtype(leaf.dtype, jnp.floating)]
-        ok = jnp.isfinite(f0) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in floats]))
-        theta, opt_state = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old),
-                                                  (theta, opt_state), (inner.theta, inner.opt_state))
+        theta, opt_state = keep_finite((theta, opt_state), (inner.theta, inner.opt_state), jnp.isfinite(f0))
         return GradientDescentState(theta, opt_state, f0.astype(theta.dtype),
                                     jnp.linalg.norm(gradient).astype(theta.dtype))
 

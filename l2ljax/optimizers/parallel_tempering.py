@@ -51,7 +51,7 @@ import numpy as np
 from flax import struct
 
 from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_positive_int, is_concrete
-from l2ljax.optimizers.simulated_annealing import (
+from l2ljax.optimizers._annealing import (
     AnnealingState,
     check_n_iteration,
     cooling_schedule_name,
