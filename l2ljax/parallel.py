@@ -34,7 +34,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -135,6 +135,7 @@ def padded_rows(rows: PyTree, n_shards: int) -> tuple[PyTree, int]:
     return jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)]), rows), per_shard
 
 
+@runtime_checkable
 class Coordinator(Protocol):
     """What the run layer asks of a parallel scheme: the whole interface, declared once.
 
