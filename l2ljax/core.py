@@ -10,19 +10,31 @@ a positive weight maximises that objective, a negative one minimises it). A row 
 has any non-finite entry scores ``-inf``: it is never elite, never best, and optimizers keep it
 out of their state.
 
+Optimizers and optimizees are immutable (:class:`Frozen`, frozen dataclasses): a changed
+setting is a new object (``opt.replace(pop_size=16)``), so programs compiled for an object stay
+right. Hyperparameters follow one rule: continuous ones (rates, temperatures, step sizes) are
+fields of the optimizer's ``Params`` pytree, which is vmappable, schedulable and checked; those
+that decide shapes or code paths (population sizes, the number of components, a schedule's
+name) are static constructor arguments. Floating-point state has the dtype of the individuals'
+template (float32 by default; float64 templates under ``jax_enable_x64`` give float64 state).
+
 Example::
 
-    problem = l2ljax.functions.optimizee("rastrigin", dim=2)
-    opt = l2ljax.CrossEntropy(problem.space, pop_size=32)
-    state = opt.init(jax.random.key(0))
-    population = opt.ask(jax.random.key(1), state)
-    state = opt.tell(state, population, problem.evaluate(jax.random.key(2), population))
+    >>> import jax, l2ljax
+    >>> problem = l2ljax.function_optimizee("rastrigin", dim=2)
+    >>> opt = l2ljax.CrossEntropy(problem, pop_size=32)
+    >>> state = opt.init(jax.random.key(0))
+    >>> population = opt.ask(jax.random.key(1), state)
+    >>> state = opt.tell(state, population, problem.evaluate(jax.random.key(2), population))
+    >>> int(state.generation), population.shape
+    (1, (32, 2))
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -32,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 from jax.flatten_util import ravel_pytree
+
+from l2ljax.parallel import coordinator
 
 Array = jax.Array
 PyTree = Any
@@ -64,7 +78,8 @@ class Space:
     """A box-bounded search space of pytree individuals, flattened to ``dim`` floats.
 
     ``lower``/``upper`` are flat float64 numpy arrays (``-inf``/``inf`` where unbounded);
-    ``sample(key) -> (dim,)`` draws one initial individual (L2L's ``create_individual``).
+    ``sample(key) -> (dim,)`` draws one initial individual (L2L's ``create_individual``);
+    ``dtype``: the flat individuals' dtype (the template's), which optimizer states keep.
     """
 
     unravel: Callable[[Array], PyTree]
@@ -72,6 +87,7 @@ class Space:
     lower: np.ndarray
     upper: np.ndarray
     sample: Callable[[Array], Array]
+    dtype: Any = jnp.float32
 
     @property
     def bounded(self) -> bool:
@@ -129,7 +145,7 @@ class Space:
         else:
             def sample_flat(key: Array) -> Array:
                 return flat + jax.random.normal(key, (dim,), flat.dtype)
-        return Space(unravel=unravel, dim=dim, lower=lo, upper=hi, sample=sample_flat)
+        return Space(unravel=unravel, dim=dim, lower=lo, upper=hi, sample=sample_flat, dtype=flat.dtype)
 
 
 def _flat_bound(bound: Any, template: PyTree, dim: int, default: float, which: str) -> np.ndarray:
@@ -159,21 +175,39 @@ def _flat_bound(bound: Any, template: PyTree, dim: int, default: float, which: s
 # --------------------------------------------------------------------------- evaluation
 
 
+class KalmanData(NamedTuple):
+    """The extension of an evaluation that Kalman methods need (optimizees with ``data``).
+
+    outputs:  (J, M) every individual's model outputs G(u_j).
+    targets:  (M,) the observations y the outputs should match.
+    """
+
+    outputs: Array
+    targets: Array
+
+
 class Evaluation(NamedTuple):
     """What the inner loop returns for a population of J individuals.
 
     fitness:  (J, n_obj) raw objective values as the optimizee returned them.
     weighted: (J, n_obj) fitness * weights; rows with any non-finite value are ``-inf``.
     score:    (J,) sum of ``weighted``: the scalar every optimizer maximises.
-    outputs:  (J, M) model outputs (Kalman methods), or None.
-    targets:  (M,) observations the outputs should match (Kalman methods), or None.
+    kalman:   :class:`KalmanData` (outputs and observations) from optimizees with ``data``, else
+              None; ``outputs`` and ``targets`` read it (None without it).
     """
 
     fitness: Array
     weighted: Array
     score: Array
-    outputs: Array | None = None
-    targets: Array | None = None
+    kalman: KalmanData | None = None
+
+    @property
+    def outputs(self) -> Array | None:
+        return None if self.kalman is None else self.kalman.outputs
+
+    @property
+    def targets(self) -> Array | None:
+        return None if self.kalman is None else self.kalman.targets
 
 
 def make_evaluation(
@@ -198,7 +232,32 @@ def make_evaluation(
     valid &= jnp.isfinite(total)
     weighted = jnp.where(valid[:, None], product, -jnp.inf)
     score = jnp.where(valid, total, -jnp.inf)
-    return Evaluation(fitness, weighted, score, outputs, targets)
+    kalman = None if outputs is None and targets is None else KalmanData(outputs, targets)
+    return Evaluation(fitness, weighted, score, kalman)
+
+
+def host_convention(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` as a host simulator of the contract, ``fn(population, seed, first_row)``.
+
+    A function of two positional parameters, ``fn(population, seed)``, is wrapped once: the
+    slice starting at row 0 gets ``seed``, any other slice (another MPI rank's) a seed derived
+    from ``(seed, first_row)``, so that two ranks never draw the same noise.
+    """
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: take it as the contract
+        return fn
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return fn
+
+    @functools.wraps(fn)
+    def with_first_row(population: PyTree, seed: int, first_row: int) -> Any:
+        if first_row:
+            seed = int(np.random.SeedSequence([seed, first_row]).generate_state(1)[0] >> 1)
+        return fn(population, seed)
+
+    return with_first_row
 
 
 def check_weights(weights: Sequence[float]) -> tuple[float, ...]:
@@ -215,18 +274,26 @@ def check_weights(weights: Sequence[float]) -> tuple[float, ...]:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Optimizee:
-    """The inner loop: a pure function that scores ONE individual.
+    """The inner loop. The contract, one signature per kind:
 
-    ``fn(individual, key) -> fitness`` (scalar or ``(n_obj,)``), or with ``data``:
-    ``fn(individual, key, inputs) -> (fitness, outputs)`` where ``data(generation) ->
-    (inputs, targets)`` picks the minibatch of a generation (jittable, e.g. indexing arrays
-    already on the device). ``weights`` are L2L's ``fitness_weights``. ``noise_std`` adds
-    N(0, noise_std²) to every objective (L2L's noisy benchmark functions). Set
-    ``jittable=False`` for simulators that are not JAX code: they are then called on the
-    host with a numpy population of shape (J, dim) via ``fn(population_pytree, seed)``.
-    With ``data``, ``population_fn(flat_population, keys, inputs) -> (fitness, outputs)``, if given,
-    replaces the vmap of ``fn`` for the whole population at once (a hand-batched forward,
-    e.g. one grouped convolution for a whole ensemble); ``fn`` must compute the same thing.
+    - JAX: ``fn(individual, key) -> fitness`` (scalar or ``(n_obj,)``) scores ONE individual;
+      l2ljax vmaps and jits it.
+    - JAX with data (Kalman methods): ``fn(individual, key, inputs) -> (fitness, outputs)``,
+      where ``data(generation) -> (inputs, targets)`` picks the minibatch of a generation
+      (jittable, e.g. indexing arrays already on the device); the evaluation then carries
+      :class:`KalmanData`. ``population_fn(flat_population, keys, inputs) -> (fitness,
+      outputs)``, if given, replaces the vmap of ``fn`` for the whole population at once (a
+      hand-batched forward, e.g. one grouped convolution for a whole ensemble); ``fn`` must
+      compute the same thing.
+    - Host (``jittable=False``, simulators that are not JAX code): ``fn(population, seed,
+      first_row) -> (rows, n_obj)`` scores a numpy pytree population (leading axis = rows) on
+      the host; ``first_row`` is the index of its first row in the whole population and
+      ``seed`` is the same on every MPI rank, so per-row seeds can be independent of the split.
+      A two-argument ``fn(population, seed)`` is accepted too: it gets a seed of its own for
+      each slice of rows (see :func:`host_convention`).
+
+    ``weights`` are L2L's ``fitness_weights``. ``noise_std`` adds N(0, noise_std²) to every
+    objective (L2L's noisy benchmark functions).
     """
 
     fn: Callable[..., Any]
@@ -241,6 +308,8 @@ class Optimizee:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", check_weights(self.weights))
+        if not self.jittable:
+            object.__setattr__(self, "fn", host_convention(self.fn))
         if not self.jittable and self.data is not None:
             raise ValueError(f"{self.name}: host-evaluated (jittable=False) optimizees take no data schedule")
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
@@ -294,10 +363,7 @@ class Optimizee:
                 return self.population_fn(rows_flat, rows_keys, inputs)
             return jax.vmap(self.fn, in_axes=(0, 0, None))(self.space.to_pytree(rows_flat), rows_keys, inputs)
 
-        if parallel is None:
-            fitness, outputs = score_rows((population, keys))
-        else:
-            fitness, outputs = parallel.map_rows(score_rows, (population, keys))
+        fitness, outputs = coordinator(parallel).map_rows(score_rows, (population, keys))
         if outputs is not None:  # only optimizees with data produce outputs for Kalman methods
             outputs, targets = outputs.reshape(n, -1), jnp.ravel(targets)
         fitness = jnp.asarray(fitness).reshape(n, -1)
@@ -310,27 +376,20 @@ class Optimizee:
 
     def evaluate_host(self, key: Array, population: Array, generation: int = 0, parallel: Any = None
                       ) -> Evaluation:
-        """Host-side evaluation for optimizees that are not JAX code (split over MPI ranks by ``parallel``).
-
-        ``fn(population, seed)``; or, if ``fn.takes_first_row`` is true, ``fn(population, seed,
-        first_row)`` with the same seed on every rank and the index of the population's first row in
-        the whole one, so that per-row randomness can be independent of how rows are split.
-        """
+        """Host-side evaluation for optimizees that are not JAX code (split over MPI ranks by
+        ``parallel``): ``fn(rows, seed, first_row)`` on each slice of rows."""
         seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
 
         def score_rows(rows: np.ndarray, rows_seed: int, first_row: int = 0) -> np.ndarray:
             individuals = jax.tree_util.tree_map(np.asarray, self.space.to_pytree(jnp.asarray(rows)))
-            if getattr(self.fn, "takes_first_row", False):
-                fitness = np.asarray(self.fn(individuals, seed, first_row), dtype=np.float64)
-            else:
-                fitness = np.asarray(self.fn(individuals, rows_seed), dtype=np.float64)
+            fitness = np.asarray(self.fn(individuals, rows_seed, first_row), dtype=np.float64)
             if fitness.shape[:1] != (rows.shape[0],):
                 raise ValueError(f"{self.name} returned fitness of shape {fitness.shape} for {rows.shape[0]} "
                                  "individuals: expected one row per individual")
             return fitness.reshape(rows.shape[0], -1)
 
         rows = np.asarray(population)
-        fitness = score_rows(rows, seed) if parallel is None else parallel.map_rows_host(score_rows, rows, seed)
+        fitness = coordinator(parallel).map_rows_host(score_rows, rows, seed)
         if self.noise_std > 0:
             fitness = fitness + self.noise_std * np.random.default_rng(seed).normal(size=fitness.shape)
         return make_evaluation(jnp.asarray(fitness, population.dtype), self.weights)
@@ -369,7 +428,44 @@ class OptState:
     generation: Array
 
 
-class Optimizer:
+class _FreezeAfterInit(type):
+    """Freezes an instance once its (most derived) ``__init__`` has returned, and keeps the
+    constructor arguments for ``replace``."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        instance = super().__call__(*args, **kwargs)
+        object.__setattr__(instance, "_arguments", (args, kwargs))
+        object.__setattr__(instance, "_frozen", True)
+        return instance
+
+
+class Frozen(metaclass=_FreezeAfterInit):
+    """A configuration object that cannot change after construction: compiled programs are
+    cached per object, so a setting changed in place would silently run the old program.
+    ``replace(**changes)`` builds a new object from the constructor arguments and the changes."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(f"{type(self).__name__} is immutable: make a new one with "
+                                 f".replace({name}=...) instead of setting {name}")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name}")
+
+    def replace(self, **changes: Any) -> Any:
+        """A new object built like this one, with the constructor arguments in ``changes`` replaced."""
+        args, kwargs = self.__dict__["_arguments"]
+        signature = inspect.signature(type(self).__init__)
+        bound = signature.bind(None, *args, **kwargs)
+        unknown = set(changes) - set(signature.parameters)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} takes no argument(s) {sorted(unknown)}")
+        bound.arguments.update(changes)
+        return type(self)(*bound.args[1:], **bound.kwargs)
+
+
+class Optimizer(Frozen):
     """Static configuration plus the pure functions ``init``, ``ask`` and ``tell``.
 
     Subclasses define ``Params`` (a ``flax.struct`` dataclass of hyperparameters with
@@ -413,7 +509,7 @@ class Optimizer:
         if x0 is None:
             flat_x0 = self.space.sample(k_x0)
         else:
-            template = jax.eval_shape(self.space.unravel, jax.ShapeDtypeStruct((self.space.dim,), jnp.float32))
+            template = jax.eval_shape(self.space.unravel, jax.ShapeDtypeStruct((self.space.dim,), self.space.dtype))
             if (jax.tree_util.tree_structure(x0) != jax.tree_util.tree_structure(template) or any(
                     np.shape(a) != b.shape for a, b in zip(jax.tree_util.tree_leaves(x0),
                                                            jax.tree_util.tree_leaves(template), strict=True))):
@@ -422,14 +518,14 @@ class Optimizer:
             flat_x0 = ravel_pytree(x0)[0]
             if is_concrete(flat_x0) and not np.all(np.isfinite(np.asarray(flat_x0))):
                 raise ValueError("x0 contains NaN or inf")
-        return self._jit_init(k_init, jnp.asarray(flat_x0, jnp.float32), params)
+        return self._jit_init(k_init, jnp.asarray(flat_x0, self.space.dtype), params)
 
     @functools.cached_property
     def _jit_init(self) -> Callable[[Array, Array, Any], OptState]:
         def init_flat(key: Array, flat_x0: Array, params: Any) -> OptState:
             flat_x0 = self.space.clip(flat_x0)
             inner = self._init(key, flat_x0, params)
-            return OptState(params, inner, flat_x0, jnp.array(-jnp.inf, jnp.float32), jnp.array(0, jnp.int32))
+            return OptState(params, inner, flat_x0, jnp.array(-jnp.inf, flat_x0.dtype), jnp.array(0, jnp.int32))
 
         return jax.jit(init_flat)
 
@@ -515,5 +611,6 @@ def centered_ranks(score: Array) -> Array:
     """Utilities in [-0.5, 0.5] by rank (Salimans et al. 2017); -inf scores get the lowest."""
     n = score.shape[0]
     order = jnp.argsort(score)
-    ranks = jnp.zeros(n, jnp.float32).at[order].set(jnp.arange(n, dtype=jnp.float32))  # one sort, not two
+    dtype = score.dtype if jnp.issubdtype(score.dtype, jnp.floating) else jnp.float32
+    ranks = jnp.zeros(n, dtype).at[order].set(jnp.arange(n, dtype=dtype))  # one sort, not two
     return ranks / max(n - 1, 1) - 0.5

@@ -5,9 +5,10 @@ every process keeps the whole state (same key, same program, same numbers) and o
 population's *evaluation* is split: each shard scores its rows, and the rows are gathered back
 before ``tell``. Per-individual keys are drawn for the whole population before it is split, so a
 parallel run gives the same numbers as a run on one device (to floating-point tolerance: XLA
-may round a shard's batched products differently). Host simulators under MPI get a seed per
-rank, unless they take the row offset (``fn.takes_first_row``, as ``worker_pool_optimizee``
-does) and derive per-row seeds from it.
+may round a shard's batched products differently). Host simulators get the same seed on every rank
+and the index of their first row (``fn(population, seed, first_row)``, the contract of
+:class:`l2ljax.Optimizee`), so ``worker_pool_optimizee`` derives per-row seeds that do not depend
+on the split; a two-argument ``fn(population, seed)`` gets a seed of its own per rank.
 
 - ``Devices``: several devices of one process (GPUs of a node, or CPU devices made with
   ``XLA_FLAGS=--xla_force_host_platform_device_count=N``). The population axis is sharded over a
@@ -15,6 +16,7 @@ does) and derive per-row seeds from it.
 - ``MPI``: one process per rank (``srun``/``mpirun``), rows gathered with mpi4jax inside the
   jitted step (``mpi4py`` for optimizees evaluated on the host). Rank 0 writes the run directory
   and shows progress; every rank returns the same result.
+- ``SingleProcess``: the no-op scheme of a plain run (what ``parallel=None`` means).
 - ``auto()``: ``MPI`` when launched as several ranks, else ``Devices`` when there are several
   local devices, else ``None`` (plain ``jit``).
 
@@ -32,7 +34,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -133,13 +135,82 @@ def padded_rows(rows: PyTree, n_shards: int) -> tuple[PyTree, int]:
     return jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)]), rows), per_shard
 
 
-class Devices:
+@runtime_checkable
+class Coordinator(Protocol):
+    """What the run layer asks of a parallel scheme: the whole interface, declared once.
+
+    Traced inside the compiled step: ``map_rows`` (score the rows, split over shards, gathered
+    back) and ``any_traced`` (a flag set on any shard). On the host: ``map_rows_host`` (the same
+    for host simulators), ``place`` (put the state where the compiled step expects it),
+    ``is_writer`` (this process writes the run directory and shows progress), ``agree`` (the
+    writer's value everywhere), ``raise_together`` (an error on any process raises on all) and
+    ``settle`` (after a chunk's host work: raise together, and stop if any process asks to).
+    """
+
+    is_writer: bool
+    n_shards: int
+
+    def map_rows(self, compute: Callable[[PyTree], PyTree], rows: PyTree) -> PyTree: ...
+
+    def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
+                      ) -> np.ndarray: ...
+
+    def any_traced(self, flag: jax.Array) -> jax.Array: ...
+
+    def place(self, tree: PyTree) -> PyTree: ...
+
+    def agree(self, value: Any) -> Any: ...
+
+    def raise_together(self, error: BaseException | None) -> None: ...
+
+    def settle(self, stop: bool, error: BaseException | None) -> bool: ...
+
+
+class SingleProcess:
+    """The coordinator of a run in one process on one device: every member is the identity."""
+
+    is_writer = True
+    n_shards = 1
+
+    def __repr__(self) -> str:
+        return "one device"
+
+    def __eq__(self, other: object) -> bool:  # equal schemes share compiled programs
+        return type(other) is SingleProcess
+
+    def __hash__(self) -> int:
+        return hash("SingleProcess")
+
+    def map_rows(self, compute: Callable[[PyTree], PyTree], rows: PyTree) -> PyTree:
+        return compute(rows)
+
+    def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
+                      ) -> np.ndarray:
+        return compute(rows, seed, 0)  # a host simulator is not split over devices
+
+    def any_traced(self, flag: jax.Array) -> jax.Array:
+        return flag
+
+    def place(self, tree: PyTree) -> PyTree:
+        return tree
+
+    def agree(self, value: Any) -> Any:
+        return value
+
+    def raise_together(self, error: BaseException | None) -> None:
+        if error is not None:
+            raise error
+
+    def settle(self, stop: bool, error: BaseException | None) -> bool:
+        self.raise_together(error)
+        return stop
+
+
+class Devices(SingleProcess):
     """Shard the population's evaluation over the devices of this process.
 
     devices: the devices to use (default: ``jax.local_devices()``).
     """
-
-    is_writer = True
 
     def __init__(self, devices: list[jax.Device] | None = None):
         devices = list(jax.local_devices() if devices is None else devices)
@@ -182,27 +253,9 @@ class Devices:
                          out_specs=PartitionSpec())(rows)
         return jax.lax.with_sharding_constraint(jax.tree_util.tree_map(lambda x: x[:n], out), replicated)
 
-    def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
-                      ) -> np.ndarray:
-        return compute(rows, seed, 0)  # a host simulator is not split over devices
-
     def place(self, tree: PyTree) -> PyTree:
         """Replicate ``tree`` (the optimizer state) over the mesh, where the jitted step expects it."""
         return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
-
-    def agree(self, value: Any) -> Any:
-        return value
-
-    def raise_together(self, error: BaseException | None) -> None:
-        if error is not None:
-            raise error
-
-    def settle(self, stop: bool, error: BaseException | None) -> bool:
-        self.raise_together(error)
-        return stop
-
-    def any_traced(self, flag: jax.Array) -> jax.Array:
-        return flag
 
 
 class MPI:
@@ -253,16 +306,15 @@ class MPI:
 
     def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
                       ) -> np.ndarray:
-        """Host evaluation of this rank's rows, gathered: ``compute(rows, seed, first_row)``. Rank
-        r > 0 gets its own seed (one shared seed would give individuals on different ranks the same
-        noise); ``first_row`` lets a simulator derive per-row seeds that do not depend on the split.
-        If the simulator raises on any rank, every rank raises (none is left waiting)."""
+        """Host evaluation of this rank's rows, gathered: ``compute(rows, seed, first_row)`` with the
+        same seed on every rank; ``first_row`` lets a simulator derive per-row seeds that do not
+        depend on the split (:func:`l2ljax.core.host_convention`). If the simulator raises on any
+        rank, every rank raises (none is left waiting)."""
         per_shard = math.ceil(rows.shape[0] / self.n_shards)
         mine = rows[self.rank * per_shard:(self.rank + 1) * per_shard]
-        rank_seed = seed if self.rank == 0 else int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0] >> 1)
         result, error = None, None
         try:
-            result = compute(mine, rank_seed, self.rank * per_shard) if len(mine) else None
+            result = compute(mine, seed, self.rank * per_shard) if len(mine) else None
         except Exception as failure:  # re-raised below, on every rank
             error = failure
         parts = self._gather_or_raise(result, error)
@@ -314,6 +366,11 @@ def _world_clone(mpi: Any) -> Any:
 
 
 Parallel = Devices | MPI
+
+
+def coordinator(parallel: Coordinator | None) -> Coordinator:
+    """The coordinator of a run: ``parallel`` itself, or ``SingleProcess()`` for ``None``."""
+    return SingleProcess() if parallel is None else parallel
 
 
 def auto() -> Parallel | None:

@@ -83,7 +83,7 @@ def plain_json(obj: Any) -> Any:
             return [finite(v) for v in x]
         return x
 
-    return finite(json.loads(json.dumps(obj, default=_jsonable)))
+    return finite(json.loads(json.dumps(obj, default=jsonable)))
 
 
 def write_meta(directory: Path, meta: dict[str, Any]) -> None:
@@ -95,7 +95,7 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return json.loads((Path(directory) / META).read_text())
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray | jax.Array):
         return np.asarray(x).tolist()
     if isinstance(x, np.generic):

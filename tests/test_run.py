@@ -35,13 +35,12 @@ def test_scan_path_equals_host_loop(opt):
 
 
 def test_a_shorter_last_chunk_reuses_the_compiled_chunk():
-    import sys
+    from l2ljax.run.program import compiled_chunk
 
-    run_module = sys.modules["l2ljax.run"]  # the package exports the function under the module's name
     opt = l2ljax.CrossEntropy(PROBLEM, pop_size=9)
     result = l2ljax.run(opt, PROBLEM, jax.random.key(7), 12, chunk_size=5)  # chunks of 5, 5 and 2
     assert result.generations == 12 and result.trajectory["generation"].tolist() == list(range(12))
-    assert run_module._scan_chunk(opt, PROBLEM, "population", False, None)._cache_size() == 1
+    assert compiled_chunk(opt, PROBLEM, "population", False)._cache_size() == 1
 
 
 def test_same_key_same_numbers_other_key_other_numbers():

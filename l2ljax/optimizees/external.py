@@ -294,7 +294,7 @@ def worker_pool_optimizee(
     pool = WorkerPool(simulate, n_workers, timeout, retries)
     n_objectives = len(weights)
 
-    def evaluate_population(population: PyTree, seed: int, first_row: int = 0) -> np.ndarray:
+    def evaluate_population(population: PyTree, seed: int, first_row: int) -> np.ndarray:  # per-row seeds
         leaves, treedef = jax.tree_util.tree_flatten(population)
         n = leaves[0].shape[0]
         individuals = [jax.tree_util.tree_unflatten(treedef, [leaf[i] for leaf in leaves]) for i in range(n)]
@@ -312,7 +312,6 @@ def worker_pool_optimizee(
         return fitness
 
     evaluate_population.pool = pool
-    evaluate_population.takes_first_row = True  # per-row seeds independent of the MPI split
     return Optimizee.create(evaluate_population, template, lower=lower, upper=upper, sample=sample,
                             weights=weights, name=name, jittable=False,
                             info={"n_workers": pool.n_workers, "timeout": timeout, "retries": retries})

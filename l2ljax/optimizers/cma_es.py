@@ -52,7 +52,7 @@ import numpy as np
 from flax import struct
 
 from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_range, descending_ranks, is_concrete
-from l2ljax.optimizers.nes import initial_sigma
+from l2ljax.optimizers._common import initial_sigma, keep_finite
 
 RATES = ("c_m", "c_sigma", "d_sigma", "c_c", "c_1", "c_mu")
 
@@ -207,9 +207,7 @@ class CMAES(Optimizer):
         C, B, D = _eigen(C)
 
         new = CMAESState(mean, sigma.astype(dtype), p_sigma, p_c, C, B, D, g)
-        finite = jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in new[:-1]])
-        ok = jnp.any(valid) & (sigma > 0) & jnp.all(finite)
-        return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, inner)
+        return keep_finite(new, inner, jnp.any(valid) & (sigma > 0))
 
     def diagnostics(self, state: Any) -> dict[str, jax.Array]:
         inner = state.inner

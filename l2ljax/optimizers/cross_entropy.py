@@ -29,9 +29,20 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
-from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_range, is_concrete
+from l2ljax.core import Evaluation, Frozen, Optimizee, Optimizer, Space, check_range, is_concrete
+from l2ljax.optimizers._common import (
+    check_annealing_params,
+    check_noise,
+    cool,
+    draw_noise,
+    initial_distribution,
+    jittered_cholesky,
+    refit,
+    select_samples,
+)
 
 
 class GaussianState(NamedTuple):
@@ -39,7 +50,7 @@ class GaussianState(NamedTuple):
     cov: jax.Array  # (dim, dim), or (dim,) variances when diagonal
 
 
-class Gaussian:
+class Gaussian(Frozen):
     """Multivariate normal; ``diagonal=True`` keeps only variances (for large dim)."""
 
     name = "Gaussian"
@@ -55,7 +66,7 @@ class Gaussian:
         z = jax.random.normal(key, (n, state.mean.shape[0]), state.mean.dtype)
         if self.diagonal:
             return state.mean + z * jnp.sqrt(state.cov)
-        return state.mean + z @ _cholesky(state.cov).T
+        return state.mean + z @ jittered_cholesky(state.cov).T
 
     def fit(self, key: jax.Array, state: GaussianState, samples: jax.Array, weights: jax.Array,
             smoothing: jax.Array) -> GaussianState:
@@ -125,85 +136,6 @@ class NoisyGaussian(Gaussian):
                 "coordinate_scale": self.coordinate_scale, "noise_decay": self.noise_decay}
 
 
-def check_noise(noise_magnitude: float, coordinate_scale: Any, noise_decay: float, owner: str
-                ) -> tuple[float, float | tuple[float, ...], float]:
-    """Validated ``(noise_magnitude, coordinate_scale, noise_decay)`` of a noisy distribution."""
-    if not (noise_magnitude >= 0 and 0 <= noise_decay <= 1):
-        raise ValueError(f"{owner} needs noise_magnitude >= 0 and noise_decay in [0, 1], "
-                         f"got {noise_magnitude}, {noise_decay}")
-    scale = 1.0 if coordinate_scale is None else tuple(map(float, jnp.ravel(jnp.asarray(coordinate_scale))))
-    return float(noise_magnitude), scale, float(noise_decay)
-
-
-def draw_noise(key: jax.Array, magnitude: jax.Array, coordinate_scale: float | tuple[float, ...],
-               shape: tuple[int, ...], dtype: Any) -> jax.Array:
-    """Sampling variances |N(0, (magnitude·coordinate_scale_i)²)| of the given shape (last axis = dim)."""
-    scale = jnp.broadcast_to(jnp.asarray(coordinate_scale, dtype), shape[-1:])
-    return jnp.abs(magnitude * scale * jax.random.normal(key, shape, dtype))
-
-
-def _cholesky(cov: jax.Array) -> jax.Array:
-    """Cholesky factor of ``cov`` plus a jitter, so a collapsed elite stays samplable.
-
-    The jitter is ten machine epsilons of the trace: above the rounding error of forming and
-    factorising ``cov`` (about dim·eps·‖cov‖), so a covariance whose smallest eigenvalue is lost
-    to float32 rounding still factorises, and too small to change the distribution measurably.
-    """
-    dim = cov.shape[0]
-    jitter = 10 * jnp.finfo(cov.dtype).eps * jnp.trace(cov) + jnp.finfo(cov.dtype).tiny
-    return jnp.linalg.cholesky(cov + jitter * jnp.eye(dim, dtype=cov.dtype))
-
-
-def initial_distribution(distribution: Any, space: Space, k_sample: jax.Array, k_fit: jax.Array, x0: jax.Array,
-                         n: int, init_std: float | None) -> Any:
-    """N(x0, init_std²·I) when ``init_std`` is given, else the fit to ``n`` draws of ``space.sample``."""
-    if init_std is not None:
-        return distribution.from_moments(x0, jnp.asarray(init_std, x0.dtype))
-    samples = space.clip(jax.vmap(space.sample)(jax.random.split(k_sample, n)))
-    start = distribution.from_moments(x0, jnp.ones_like(x0))
-    return distribution.fit(k_fit, start, samples.astype(x0.dtype), jnp.ones(n, x0.dtype), jnp.asarray(0.0, x0.dtype))
-
-
-def select_samples(key: jax.Array, score: jax.Array, n_elite: jax.Array, temperature: jax.Array,
-                   temp_decay: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The samples CE refits to: ``(kept (J,) bool, γ)``.
-
-    Elite = the ``n_elite`` best finite scores (fewer when fewer are finite); γ = the worst
-    elite score (``-inf`` when none is finite). When ``temp_decay > 0`` a non-elite finite
-    sample is also kept with probability min(1, e^{(score−γ)/T}).
-    """
-    valid = jnp.isfinite(score)
-    order = jnp.argsort(-score)  # -inf last
-    rank = jnp.empty_like(order).at[order].set(jnp.arange(score.shape[0]))
-    n_elite = jnp.minimum(n_elite, jnp.sum(valid))
-    gamma = score[order[jnp.maximum(n_elite - 1, 0)]]
-    elite = (rank < n_elite) & valid
-    accept_prob = jnp.exp(jnp.minimum((score - gamma) / temperature, 0.0))
-    accepted = (jax.random.uniform(key, score.shape) < accept_prob) & valid & (temp_decay > 0)
-    return elite | accepted, gamma
-
-
-def refit(distribution: Any, key: jax.Array, dist: Any, population: jax.Array, kept: jax.Array,
-          smoothing: jax.Array) -> tuple[Any, jax.Array]:
-    """``(θ', usable)``: θ refitted to the kept rows and smoothed, or θ unchanged with fewer than two."""
-    weights = kept.astype(population.dtype)
-    new = distribution.fit(key, dist, population, weights, jnp.asarray(smoothing, population.dtype))
-    usable = jnp.sum(weights) >= 2
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(usable, a, b), new, dist), usable
-
-
-def cool(temperature: jax.Array, temp_decay: jax.Array) -> jax.Array:
-    """T ← T·temp_decay; ``temp_decay = 0`` switches annealing off and leaves T as it is."""
-    return temperature * jnp.where(temp_decay > 0, temp_decay, 1.0)
-
-
-def check_annealing_params(params: Any, owner: str) -> None:
-    """Ranges of the ``smoothing``, ``temp_decay`` and ``temperature`` hyperparameters."""
-    check_range(params, "smoothing", 0.0, 1.0, hi_open=True, owner=owner)
-    check_range(params, "temp_decay", 0.0, 1.0, owner=owner)
-    check_range(params, "temperature", 0.0, float("inf"), lo_open=True, owner=owner)
-
-
 @struct.dataclass
 class CrossEntropyParams:
     rho: float = 0.2
@@ -235,14 +167,14 @@ class CrossEntropy(Optimizer):
         check_range(params, "rho", 0.0, 1.0, lo_open=True, owner=self.name)
         check_annealing_params(params, self.name)
         rho = params.rho
-        if is_concrete(rho) and int(float(jnp.max(jnp.asarray(rho))) * self.pop_size) < 1:
+        if is_concrete(rho) and int(float(np.max(np.asarray(rho))) * self.pop_size) < 1:
             raise ValueError(f"{self.name}: rho * pop_size must be at least 1, got {rho} * {self.pop_size}")
 
     def _init(self, key: jax.Array, x0: jax.Array, params: CrossEntropyParams) -> CrossEntropyState:
         k_dist, k_state = jax.random.split(key)
         dist = initial_distribution(self.distribution, self.space, k_dist, k_state, x0, self.pop_size, self.init_std)
-        return CrossEntropyState(dist, jnp.array(-jnp.inf, jnp.float32),
-                                 jnp.asarray(params.temperature, jnp.float32), k_state)
+        return CrossEntropyState(dist, jnp.array(-jnp.inf, x0.dtype), jnp.asarray(params.temperature, x0.dtype),
+                                 k_state)
 
     def _ask(self, key: jax.Array, inner: CrossEntropyState, params: CrossEntropyParams) -> jax.Array:
         return self.distribution.sample(key, inner.dist, self.pop_size)

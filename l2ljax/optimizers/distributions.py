@@ -33,7 +33,7 @@ Dirichlet prior that switches unused components off.
 
 Example::
 
-    opt = CrossEntropy(problem, pop_size=60, distribution=GaussianMixture(n_components=3))
+    opt = l2ljax.CrossEntropy(problem, pop_size=60, distribution=GaussianMixture(n_components=3))
     result = l2ljax.run(opt, problem, jax.random.key(0), n_generations=40)
 """
 
@@ -46,8 +46,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from l2ljax.core import check_positive_int
-from l2ljax.optimizers.cross_entropy import _cholesky, check_noise, draw_noise
+from l2ljax.core import Frozen, check_positive_int
+from l2ljax.optimizers._common import check_noise, draw_noise, jittered_cholesky
 
 _PRIOR_COUNT = 1e-6  # pseudo-samples of the current parameters in each M-step (see module docstring)
 
@@ -58,7 +58,7 @@ class MixtureState(NamedTuple):
     covs: jax.Array  # (K, dim, dim), or (K, dim) variances when diagonal
 
 
-class GaussianMixture:
+class GaussianMixture(Frozen):
     """Mixture of ``n_components`` Gaussians refitted by ``n_iter`` weighted EM iterations.
 
     ``diagonal=True`` keeps only per-component variances (for large dim). ``reg_covar > 0``
@@ -101,7 +101,7 @@ class GaussianMixture:
         z = jax.random.normal(k_z, (n, state.means.shape[1]), state.means.dtype)
         if self.diagonal:
             return state.means[comp] + z * jnp.sqrt(state.covs[comp])
-        chol = jax.vmap(_cholesky)(state.covs)  # (K, dim, dim)
+        chol = jax.vmap(jittered_cholesky)(state.covs)  # (K, dim, dim)
         steps = jnp.einsum("kij,nj->kni", chol, z)  # every draw under every component: K·n·dim memory
         return state.means[comp] + steps[comp, jnp.arange(n)]
 
@@ -134,7 +134,7 @@ class GaussianMixture:
             maha = jnp.sum(jnp.square(diff) / state.covs, axis=-1)
             logdet = jnp.sum(jnp.log(state.covs), axis=-1)
         else:
-            chol = jax.vmap(_cholesky)(state.covs)
+            chol = jax.vmap(jittered_cholesky)(state.covs)
             diff = x[None] - state.means[:, None]  # (K, n, dim)
             whitened = jax.vmap(lambda c, d: solve_triangular(c, d.T, lower=True))(chol, diff)  # (K, dim, n)
             maha = jnp.sum(jnp.square(whitened), axis=1).T

@@ -105,7 +105,7 @@ class EnsembleKalmanFilter(Optimizer):
             ensemble = jax.vmap(self.space.sample)(jax.random.split(k_members, self.pop_size))
         else:
             ensemble = x0 + self.init_std * jax.random.normal(k_members, (self.pop_size, x0.shape[0]), x0.dtype)
-        return EnsembleKalmanState(self.space.clip(ensemble.astype(x0.dtype)), jnp.array(jnp.nan, jnp.float32),
+        return EnsembleKalmanState(self.space.clip(ensemble.astype(x0.dtype)), jnp.array(jnp.nan, x0.dtype),
                                    jnp.array(0, jnp.int32), k_state)
 
     def _ask(self, key: jax.Array, inner: EnsembleKalmanState, params: EnsembleKalmanParams) -> jax.Array:
@@ -139,7 +139,7 @@ class EnsembleKalmanFilter(Optimizer):
                                          step_size=step_size, form=self.form, valid=valid)
         finite_outputs = jnp.where(valid[:, None], outputs, 0.0)
         mean_output = jnp.sum(finite_outputs, 0) / jnp.maximum(jnp.sum(valid), 1)
-        misfit = jnp.mean(jnp.square(mean_output - targets)).astype(jnp.float32)
+        misfit = jnp.mean(jnp.square(mean_output - targets)).astype(population.dtype)
         return EnsembleKalmanState(self.space.clip(ensemble), misfit, inner.iteration + 1, key)
 
     def ensemble_mean(self, state: OptState) -> Any:

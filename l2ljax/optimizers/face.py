@@ -55,14 +55,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from l2ljax.core import Evaluation, Optimizee, Optimizer, OptState, Space, check_positive_int
-from l2ljax.optimizers.cross_entropy import (
-    Gaussian,
-    check_annealing_params,
-    cool,
-    initial_distribution,
-    refit,
-    select_samples,
-)
+from l2ljax.optimizers._common import check_annealing_params, cool, initial_distribution, refit, select_samples
+from l2ljax.optimizers.cross_entropy import Gaussian
 
 
 @struct.dataclass
@@ -119,8 +113,8 @@ class FACE(Optimizer):
         k_dist, k_state = jax.random.split(key)
         dist = initial_distribution(self.distribution, self.space, k_dist, k_state, x0, self.min_pop_size,
                                     self.init_std)
-        minus_inf = jnp.array(-jnp.inf, jnp.float32)
-        return FACEState(dist, minus_inf, minus_inf, jnp.asarray(params.temperature, jnp.float32),
+        minus_inf = jnp.array(-jnp.inf, x0.dtype)
+        return FACEState(dist, minus_inf, minus_inf, jnp.asarray(params.temperature, x0.dtype),
                          jnp.array(self.min_pop_size, jnp.int32), jnp.array(0, jnp.int32), jnp.array(0, jnp.int32),
                          k_state)
 
@@ -152,7 +146,7 @@ class FACE(Optimizer):
         dist = jax.tree_util.tree_map(lambda new, old: jnp.where(improved, new, old), fitted, inner.dist)
         n = inner.pop_size
         next_n = jnp.where(improved, (n + self.min_pop_size) // 2, jnp.minimum(n + self.n_expand, self.max_pop_size))
-        return FACEState(dist, gamma.astype(jnp.float32), gen_best.astype(jnp.float32),
+        return FACEState(dist, gamma.astype(population.dtype), gen_best.astype(population.dtype),
                          cool(inner.temperature, params.temp_decay), next_n.astype(jnp.int32), n,
                          inner.evaluations + n, key)
 

@@ -279,7 +279,7 @@ class GeneticAlgorithm(Optimizer):
         return GeneticAlgorithmState(
             offspring=population,
             hof_x=jnp.zeros((self.hall_of_fame_size, x0.shape[0]), x0.dtype),
-            hof_weighted=jnp.full((self.hall_of_fame_size, self.n_objectives), -jnp.inf, jnp.float32),
+            hof_weighted=jnp.full((self.hall_of_fame_size, self.n_objectives), -jnp.inf, x0.dtype),
             n_duplicates=jnp.array(0, jnp.int32),
             key=k_state,
         )

@@ -65,6 +65,7 @@ import optax
 from flax import struct
 
 from l2ljax.core import Evaluation, Optimizee, Optimizer, OptState, Space, check_positive_int, check_range
+from l2ljax.optimizers._common import keep_finite
 
 # --------------------------------------------------------------------------- L2L's update rules as optax
 
@@ -91,8 +92,8 @@ def add_decaying_noise(deviation: float, decay: float, seed: int = 0) -> optax.G
         del params
         leaves, treedef = jax.tree_util.tree_flatten(updates)
         key, *keys = jax.random.split(state.key, len(leaves) + 1)
-        std = deviation * jnp.power(decay, (state.count + 1).astype(jnp.float32))
-        noisy = [leaf + (std * jax.random.normal(k, leaf.shape, jnp.float32)).astype(leaf.dtype)
+        noisy = [leaf + (deviation * jnp.power(decay, (state.count + 1).astype(leaf.dtype))
+                         * jax.random.normal(k, leaf.shape, leaf.dtype)).astype(leaf.dtype)
                  for leaf, k in zip(leaves, keys, strict=True)]
         return jax.tree_util.tree_unflatten(treedef, noisy), DecayingNoiseState(state.count + 1, key)
 
@@ -231,11 +232,7 @@ class GradientDescent(Optimizer):
         gradient = jnp.linalg.pinv(dx) @ df
         updates, opt_state = self.optimizer.update(-gradient, inner.opt_state, inner.theta)
         theta = self.space.clip(optax.apply_updates(inner.theta, updates))
-        floats = [leaf for leaf in jax.tree_util.tree_leaves((theta, opt_state))
-                  if jnp.issubdtype(leaf.dtype, jnp.floating)]
-        ok = jnp.isfinite(f0) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in floats]))
-        theta, opt_state = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old),
-                                                  (theta, opt_state), (inner.theta, inner.opt_state))
+        theta, opt_state = keep_finite((theta, opt_state), (inner.theta, inner.opt_state), jnp.isfinite(f0))
         return GradientDescentState(theta, opt_state, f0.astype(theta.dtype),
                                     jnp.linalg.norm(gradient).astype(theta.dtype))
 

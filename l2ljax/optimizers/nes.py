@@ -51,22 +51,7 @@ import numpy as np
 from flax import struct
 
 from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_range, descending_ranks
-
-
-def initial_sigma(space: Space, sigma: Any, owner: str) -> np.ndarray:
-    """The initial per-coordinate standard deviation as a (dim,) float64 array.
-
-    ``sigma``: a positive scalar or one value per coordinate; ``None`` → 0.3·(upper − lower)
-    on a bounded space (Hansen's advice for CMA-ES), 1 otherwise.
-    """
-    if sigma is None:
-        return 0.3 * (space.upper - space.lower) if space.bounded else np.ones(space.dim)
-    value = np.asarray(sigma, dtype=np.float64)
-    if value.ndim > 1 or value.size not in (1, space.dim):
-        raise ValueError(f"{owner}: sigma must be a scalar or have {space.dim} entries, got shape {value.shape}")
-    if not np.all(np.isfinite(value)) or np.any(value <= 0):
-        raise ValueError(f"{owner}: sigma must be finite and positive, got {sigma}")
-    return np.broadcast_to(value.ravel(), (space.dim,)).copy()
+from l2ljax.optimizers._common import initial_sigma, keep_finite
 
 
 def nes_utilities(n: int) -> np.ndarray:
@@ -150,8 +135,7 @@ class NaturalEvolutionStrategies(Optimizer):
         s = (population - inner.mu) / inner.sigma
         mu = self.space.clip(inner.mu + params.learning_rate_mu * inner.sigma * (utility @ s))
         sigma = inner.sigma * jnp.exp(0.5 * params.learning_rate_sigma * (utility @ (jnp.square(s) - 1.0)))
-        ok = jnp.all(jnp.isfinite(mu)) & jnp.all(jnp.isfinite(sigma)) & jnp.all(sigma > 0)
-        return NaturalEvolutionStrategiesState(jnp.where(ok, mu, inner.mu), jnp.where(ok, sigma, inner.sigma))
+        return keep_finite(NaturalEvolutionStrategiesState(mu, sigma), inner, jnp.all(sigma > 0))
 
     def diagnostics(self, state: Any) -> dict[str, jax.Array]:
         sigma = state.inner.sigma

@@ -51,7 +51,7 @@ import numpy as np
 from flax import struct
 
 from l2ljax.core import Evaluation, Optimizee, Optimizer, Space, check_positive_int, is_concrete
-from l2ljax.optimizers.simulated_annealing import (
+from l2ljax.optimizers._annealing import (
     AnnealingState,
     check_n_iteration,
     cooling_schedule_name,
@@ -148,9 +148,9 @@ class ParallelTempering(Optimizer):
             temperature_bounds = np.stack([t0, t0 / 100], axis=1)
         self._defaults = ParallelTemperingParams(
             noisy_step=float(noisy_step),
-            temperature_bounds=jnp.asarray(temperature_bounds, jnp.float32),
-            decay_parameters=jnp.broadcast_to(jnp.asarray(decay_parameters, jnp.float32), (n,))
-            if np.ndim(decay_parameters) == 0 else jnp.asarray(decay_parameters, jnp.float32),
+            temperature_bounds=jnp.asarray(temperature_bounds, self.space.dtype),
+            decay_parameters=jnp.broadcast_to(jnp.asarray(decay_parameters, self.space.dtype), (n,))
+            if np.ndim(decay_parameters) == 0 else jnp.asarray(decay_parameters, self.space.dtype),
         )
         self.check_params(self._defaults)
 
@@ -199,7 +199,7 @@ class ParallelTempering(Optimizer):
 
     def _init(self, key: Array, x0: Array, params: ParallelTemperingParams) -> ParallelTemperingState:
         n = self.n_parallel_runs
-        return ParallelTemperingState(init_chains(self.space, key, x0, n), jnp.array(0.0, jnp.float32),
+        return ParallelTemperingState(init_chains(self.space, key, x0, n), jnp.array(0.0, x0.dtype),
                                       jnp.arange(n, dtype=jnp.int32))
 
     def _ask(self, key: Array, inner: ParallelTemperingState, params: ParallelTemperingParams) -> Array:
@@ -215,7 +215,7 @@ class ParallelTempering(Optimizer):
         ex = replica_exchange(k_swap, chains.x, chains.score, temps, step % 2)
         swap_rate = jnp.sum(ex.swapped) / jnp.maximum(jnp.sum(ex.attempted), 1)
         return ParallelTemperingState(chains._replace(x=ex.x, score=ex.score, key=key),
-                                      swap_rate.astype(jnp.float32), ex.source.astype(jnp.int32))
+                                      swap_rate.astype(population.dtype), ex.source.astype(jnp.int32))
 
     def diagnostics(self, state: Any) -> dict[str, Array]:
         """Temperatures of the last acceptance test and exchange (= of the next proposals)."""

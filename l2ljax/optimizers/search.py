@@ -52,8 +52,9 @@ class GridSearch(Optimizer):
         counts = jnp.asarray([s + 1 for s in self.n_steps])
         strides = jnp.asarray(np.cumprod([1] + [s + 1 for s in self.n_steps[::-1]])[:-1][::-1].copy())
         digits = (index[..., None] // strides) % counts
-        lo, hi = jnp.asarray(self.space.lower, jnp.float32), jnp.asarray(self.space.upper, jnp.float32)
-        return lo + (hi - lo) * digits / jnp.asarray(self.n_steps, jnp.float32)
+        dtype = self.space.dtype
+        lo, hi = jnp.asarray(self.space.lower, dtype), jnp.asarray(self.space.upper, dtype)
+        return lo + (hi - lo) * digits / jnp.asarray(self.n_steps, dtype)
 
     def _init(self, key: jax.Array, x0: jax.Array, params: Any) -> jax.Array:
         return jnp.array(0, jnp.int32)  # index of the next slice
@@ -80,8 +81,9 @@ class RandomSearch(Optimizer):
         return None
 
     def _ask(self, key: jax.Array, inner: None, params: Any) -> jax.Array:
-        lo, hi = jnp.asarray(self.space.lower, jnp.float32), jnp.asarray(self.space.upper, jnp.float32)
-        return jax.random.uniform(key, (self.pop_size, self.space.dim), jnp.float32, lo, hi)
+        dtype = self.space.dtype
+        lo, hi = jnp.asarray(self.space.lower, dtype), jnp.asarray(self.space.upper, dtype)
+        return jax.random.uniform(key, (self.pop_size, self.space.dim), dtype, lo, hi)
 
     def _tell(self, inner: None, population: jax.Array, evaluation: Evaluation, params: Any) -> None:
         return None
