@@ -269,8 +269,14 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
 
     def evaluate(record: dict, state) -> None:
         iteration = int(record["generation"]) + 1
-        if writer and iteration == int(state.generation):  # chunks are eval_every long: evaluate at each chunk's end
+        at_save = iteration % args.eval_every == 0 or iteration == args.iterations  # saves come every eval_every
+        if writer and at_save and iteration == int(state.generation):
             test_row(iteration, state)
+
+    def describe(record: dict, state) -> str:
+        accuracy = f"test accuracy {100 * curve[-1][1]:.2f} % (iteration {curve[-1][0]})" if curve else \
+            f"first test at iteration {args.eval_every}"
+        return f"misfit {float(record['diag/misfit']):.4g}  {accuracy}"
 
     if writer and args.resume and traj.has_checkpoint(out):
         # A kill between the checkpoint and the test of that iteration would lose its row for good: test it now.
@@ -283,11 +289,11 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
               f"evaluation {scheme or 'on one device'}; results in {out}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         point_latest(out)
-        print(f"compiling the EnKF program (the first {min(args.eval_every, args.iterations)} iterations run as one "
-              "compiled chunk; the first progress line follows it)", file=sys.stderr, flush=True)
+    from l2ljax.run import ProgressBar
+
+    callbacks = [evaluate, ProgressBar(args.iterations, describe=describe)] if writer else [evaluate]
     result = run(opt, problem, jax.random.key(args.seed), args.iterations, params=params, directory=out,
-                 resume=args.resume, chunk_size=args.eval_every, callbacks=[evaluate], progress=True,
-                 summary=True, parallel=scheme)
+                 resume=args.resume, chunk_size=args.eval_every, callbacks=callbacks, summary=True, parallel=scheme)
     seconds = time.perf_counter() - start
     if not writer:
         return {}

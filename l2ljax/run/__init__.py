@@ -36,6 +36,7 @@ import numpy as np
 from l2ljax.core import Optimizee, Optimizer, OptState, as_key, check_positive_int
 from l2ljax.parallel import Coordinator, coordinator
 from l2ljax.run.directory import RunDirectory, run_meta
+from l2ljax.run.pacing import Pace, deferred_interrupts
 from l2ljax.run.program import (
     Program,
     Record,
@@ -86,6 +87,7 @@ def run(
     keep_population: bool = True,
     summary: bool = False,
     parallel: Coordinator | None = None,
+    chunk_seconds: float = 1.0,
 ) -> RunResult:
     """Optimise ``optimizee`` with ``optimizer`` for up to ``n_generations`` generations.
 
@@ -94,10 +96,14 @@ def run(
     directory:      write ``meta.json``, the trajectory and a checkpoint after every chunk.
     resume:         continue from the checkpoint in ``directory`` (same numbers as an
                     uninterrupted run); without it, a non-empty ``directory`` is an error.
-    chunk_size:     generations per jitted scan between host interactions. Default: the
-                    whole run, or 1 when callbacks are given, or ~1% of the run when writing
-                    to a directory or showing progress. An interruption loses at most the
-                    chunk in flight.
+    chunk_size:     generations between saves (trajectory chunk + checkpoint) and the length of
+                    the compiled scan. Default: the whole run, or 1 when callbacks are given,
+                    or ~1% of the run when writing to a directory or showing progress.
+    chunk_seconds:  with a directory or progress, the scan runs in sub-chunks of about this
+                    many seconds (same numbers), so that progress, callbacks and Ctrl-C are
+                    served that often: Ctrl-C or SIGTERM saves every completed generation and
+                    raises ``KeyboardInterrupt``; a second one exits at once (status 130). A
+                    kill loses at most the generations since the last save.
     callbacks:      ``cb(record, state)`` per generation (numpy record), called after each chunk
                     with the state at the end of that chunk; returning True stops the run at
                     the end of the chunk (at once with ``chunk_size=1``, the default with callbacks).
@@ -130,18 +136,54 @@ def run(
     callbacks += [ProgressBar(n_generations)] if progress and parallel.is_writer else []
     state, run_key = parallel.place(rundir.state), rundir.run_key
     stopped = program.criterion_met(state) and rundir.generation > 0
-    while rundir.generation < n_generations and not stopped:
-        state, records, stopped = program.advance(state, run_key, rundir.generation, n_generations)
-        try:  # record: on disk, in the history, to the callbacks
-            rundir.write(records, state, run_key, len(records["generation"]))
-            stopped = _notify(callbacks, records, state) or stopped
-        except Exception as failure:  # raised on every rank, not only this one
-            stopped = parallel.settle(stopped, failure)
-        else:  # a callback's stop holds on every rank
-            stopped = parallel.settle(stopped, None)
+    hosted = directory is not None or progress
+    pace, unsaved = Pace(chunk_seconds if hosted and program.chunk_size > 1 else None), _Unsaved()
+    with deferred_interrupts(enabled=hosted) as interrupts:
+        while rundir.generation + unsaved.count < n_generations and not stopped:
+            started = time.perf_counter()
+            state, records, stopped = program.advance(state, run_key, rundir.generation + unsaved.count,
+                                                      n_generations, pace.steps(program.chunk_size - unsaved.count))
+            pace.observe(len(records["generation"]), time.perf_counter() - started)
+            unsaved.add(records)
+            interrupted = parallel.settle(interrupts.requested, None)  # every rank stops at the same generation
+            try:  # record: on disk (every chunk_size generations), in the history, to the callbacks
+                if interrupted or stopped or unsaved.count >= program.chunk_size or \
+                        rundir.generation + unsaved.count >= n_generations:
+                    unsaved.write_to(rundir, state, run_key)
+                stopped = _notify(callbacks, records, state) or stopped
+            except Exception as failure:  # raised on every rank, not only this one
+                stopped = parallel.settle(stopped, failure)
+            else:  # a callback's stop holds on every rank
+                stopped = parallel.settle(stopped, None)
+            if interrupted:
+                _close(callbacks)
+                raise KeyboardInterrupt(f"interrupted after generation {rundir.generation}; saved")
+        unsaved.write_to(rundir, state, run_key)  # a callback stopped between saves
+    _close(callbacks)
+    return _result(optimizer, optimizee, state, rundir, stopped, n_generations)
+
+
+class _Unsaved:
+    """Sub-chunks run since the last save."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.count = 0
+
+    def add(self, records: Record) -> None:
+        self.records.append(records)
+        self.count += len(records["generation"])
+
+    def write_to(self, rundir: RunDirectory, state: OptState, run_key: jax.Array) -> None:
+        if self.count:
+            joined = {name: np.concatenate([r[name] for r in self.records]) for name in self.records[0]}
+            rundir.write(joined, state, run_key, self.count)
+        self.records, self.count = [], 0
+
+
+def _close(callbacks: Sequence[Callback]) -> None:
     for cb in callbacks:
         getattr(cb, "close", lambda: None)()
-    return _result(optimizer, optimizee, state, rundir, stopped, n_generations)
 
 
 def _as_list(callbacks: Sequence[Callback] | Callback) -> list[Callback]:
@@ -244,28 +286,48 @@ def _build_many(optimizer: Optimizer, optimizee: Optimizee, n_generations: int) 
 
 
 class ProgressBar:
-    """A one-line progress display on stderr: generation, best score, speed."""
+    """A one-line progress display on stderr: generations done, rate, time left, and what matters.
 
-    def __init__(self, total: int, stream: Any = None, every_seconds: float = 0.5):
+    ``describe(record, state) -> str`` adds the run's own figures (default: the best score so
+    far); the line is redrawn at most every ``every_seconds``. It says when it is compiling.
+    """
+
+    def __init__(self, total: int, stream: Any = None, every_seconds: float = 0.5,
+                 describe: Callable[[Record, OptState], str] | None = None):
         self.total, self.stream, self.every = total, stream or sys.stderr, every_seconds
+        self.describe = describe or (lambda record, state: f"best score {float(record['best_score']):.6g}")
         self.start = self.last = time.perf_counter()
         self.first: int | None = None  # first generation seen: a resumed run's rate counts only its own
+        self.first_at = self.start
+        self.stream.write("compiling the run's program; progress follows the first generation\n")
+        self.stream.flush()
 
     def __call__(self, record: Record, state: OptState) -> None:
         now = time.perf_counter()
         done = int(record["generation"]) + 1
-        if self.first is None:
-            self.first = done - 1
+        if self.first is None:  # the rate leaves out the first generation, which includes compilation
+            self.first, self.first_at = done, now
         if now - self.last < self.every and done < self.total:
             return
         self.last = now
-        rate = (done - self.first) / max(now - self.start, 1e-9)
-        width = 30
+        rate = (done - self.first) / (now - self.first_at) if now > self.first_at and done > self.first else None
+        speed = "" if rate is None else f"  {_rate(rate)}  {_clock((self.total - done) / rate)} left"
+        width = 24
         filled = int(width * done / self.total)
-        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
-                          f"best score {float(record['best_score']):.6g}  {rate:.1f} gen/s")
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}  "
+                          f"{self.describe(record, state)}{speed}  ({_clock(now - self.start)})\033[K")
         self.stream.flush()
 
     def close(self) -> None:
         self.stream.write("\n")
         self.stream.flush()
+
+
+def _rate(per_second: float) -> str:
+    return f"{per_second:.1f} gen/s" if per_second >= 1 else f"{1 / per_second:.2f} s/gen"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"

@@ -183,13 +183,14 @@ class Program:
     def criterion_met(self, state: OptState) -> bool:
         return self.stop_criterion is not None and np.float32(state.best_score) >= np.float32(self.stop_criterion)
 
-    def advance(self, state: OptState, run_key: jax.Array, generation: int, n_generations: int
-                ) -> tuple[OptState, Record, bool]:
-        """Up to one chunk of generations from ``generation``: the new state, the records (numpy,
+    def advance(self, state: OptState, run_key: jax.Array, generation: int, n_generations: int,
+                steps: int | None = None) -> tuple[OptState, Record, bool]:
+        """Up to one chunk of generations from ``generation`` (at most ``steps`` of them; the same
+        compiled program runs any number up to ``chunk_size``): the new state, the records (numpy,
         one row per generation run) and whether the run stopped early (the criterion was met)."""
         chunk = compiled_chunk(self.optimizer, self.optimizee, self.level, self.stop_criterion is not None,
                                self.parallel)
-        length = min(self.chunk_size, n_generations - generation)
+        length = min(self.chunk_size, n_generations - generation, self.chunk_size if steps is None else steps)
         threshold = jnp.float32(np.inf if self.stop_criterion is None else self.stop_criterion)
         state, records, active = chunk(state, run_key, threshold, length, self.chunk_size)
         n_active = int(np.sum(active))
