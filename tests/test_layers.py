@@ -13,6 +13,7 @@ import l2ljax
 from l2ljax.core import Optimizee
 from l2ljax.parallel import Coordinator, SingleProcess, coordinator
 from l2ljax.run import Program, RunDirectory
+from l2ljax.run.directory import RunDirectoryLocked
 
 PROBLEM = l2ljax.function_optimizee("rastrigin", 2)
 
@@ -103,13 +104,18 @@ def test_run_directory_refuses_to_overwrite_and_resumes(tmp_path):
     rundir = RunDirectory.open(tmp_path, meta, state, jax.random.key(1), resume=False, explicit_params=None,
                                n_generations=5, parallel=single)
     records = {"generation": np.arange(2), "best_score": np.zeros(2)}
-    rundir.write(records, state, jax.random.key(1), 2)
+    rundir.write(records, state.replace(generation=jnp.asarray(2, state.generation.dtype)), jax.random.key(1), 2)
+    with pytest.raises(RunDirectoryLocked, match="being written by another run"):  # a second writer
+        RunDirectory.open(tmp_path, meta, state, jax.random.key(1), resume=True, explicit_params=None,
+                          n_generations=5, parallel=single)
+    rundir.close()
     with pytest.raises(FileExistsError, match="resume=True"):
         RunDirectory.open(tmp_path, meta, state, jax.random.key(1), resume=False, explicit_params=None,
                           n_generations=5, parallel=single)
     resumed = RunDirectory.open(tmp_path, meta, state, jax.random.key(1), resume=True, explicit_params=None,
                                 n_generations=5, parallel=single)
     assert resumed.generation == 2 and resumed.trajectory()["generation"].tolist() == [0, 1]
+    resumed.close()
     with pytest.raises(ValueError, match="optimizer differs"):
         RunDirectory.open(tmp_path, {**meta, "optimizer": {"name": "other"}}, state, jax.random.key(1), resume=True,
                           explicit_params=None, n_generations=5, parallel=single)

@@ -163,6 +163,7 @@ def test_resume_with_a_different_optimizer_is_refused(tmp_path):
 def test_checkpoint_round_trip_restores_every_leaf(tmp_path):
     opt = optimizers()[0]
     state = opt.init(jax.random.key(0))
+    state = state.replace(generation=jax.numpy.asarray(17, state.generation.dtype))
     l2ljax.save_checkpoint(tmp_path, state, jax.random.key(5), 17)
     restored, key, generation = l2ljax.load_checkpoint(tmp_path, opt.init(jax.random.key(1)))
     assert generation == 17

@@ -130,37 +130,50 @@ def run(
     meta = run_meta(optimizer, optimizee, n_generations, level, state.params, parallel)
     rundir = RunDirectory.open(directory, meta, state, run_key, resume=resume, n_generations=n_generations,
                                explicit_params=state.params if params is not None else None, parallel=parallel)
-    program = Program.build(optimizer, optimizee, level, min(_chunk_size(chunk_size, n_generations, directory,
-                            progress, callbacks, optimizee), n_generations - rundir.generation) or 1,
-                            stop_criterion, parallel)
-    callbacks += [ProgressBar(n_generations)] if progress and parallel.is_writer else []
-    state, run_key = parallel.place(rundir.state), rundir.run_key
-    stopped = program.criterion_met(state) and rundir.generation > 0
-    hosted = directory is not None or progress
-    pace, unsaved = Pace(chunk_seconds if hosted and program.chunk_size > 1 else None), _Unsaved()
-    with deferred_interrupts(enabled=hosted) as interrupts:
-        while rundir.generation + unsaved.count < n_generations and not stopped:
-            started = time.perf_counter()
-            state, records, stopped = program.advance(state, run_key, rundir.generation + unsaved.count,
-                                                      n_generations, pace.steps(program.chunk_size - unsaved.count))
-            pace.observe(len(records["generation"]), time.perf_counter() - started)
-            unsaved.add(records)
-            interrupted = parallel.settle(interrupts.requested, None)  # every rank stops at the same generation
-            try:  # record: on disk (every chunk_size generations), in the history, to the callbacks
-                if interrupted or stopped or unsaved.count >= program.chunk_size or \
-                        rundir.generation + unsaved.count >= n_generations:
-                    unsaved.write_to(rundir, state, run_key)
-                stopped = _notify(callbacks, records, state) or stopped
-            except Exception as failure:  # raised on every rank, not only this one
-                stopped = parallel.settle(stopped, failure)
-            else:  # a callback's stop holds on every rank
-                stopped = parallel.settle(stopped, None)
-            if interrupted:
-                _close(callbacks)
-                raise KeyboardInterrupt(f"interrupted after generation {rundir.generation}; saved")
-        unsaved.write_to(rundir, state, run_key)  # a callback stopped between saves
-    _close(callbacks)
+    try:
+        program = Program.build(optimizer, optimizee, level, min(_chunk_size(chunk_size, n_generations, directory,
+                                progress, callbacks, optimizee), n_generations - rundir.generation) or 1,
+                                stop_criterion, parallel)
+        callbacks += [ProgressBar(n_generations)] if progress and parallel.is_writer else []
+        state, run_key = parallel.place(rundir.state), rundir.run_key
+        stopped = program.criterion_met(state) and rundir.generation > 0
+        hosted = directory is not None or progress
+        pace = Pace(chunk_seconds if hosted and program.chunk_size > 1 else None)
+        with deferred_interrupts(enabled=hosted) as interrupts:
+            state, stopped = _loop(program, rundir, state, run_key, n_generations, callbacks, parallel, pace,
+                                   interrupts, stopped)
+        _close(callbacks)
+    finally:
+        rundir.close()
     return _result(optimizer, optimizee, state, rundir, stopped, n_generations)
+
+
+def _loop(program: Program, rundir: RunDirectory, state: OptState, run_key: jax.Array, n_generations: int,
+          callbacks: list[Callback], parallel: Coordinator, pace: Pace, interrupts: Any, stopped: bool
+          ) -> tuple[OptState, bool]:
+    """ask → evaluate → tell (compiled, in paced sub-chunks) → record, until done or stopped."""
+    unsaved = _Unsaved()
+    while rundir.generation + unsaved.count < n_generations and not stopped:
+        started = time.perf_counter()
+        state, records, stopped = program.advance(state, run_key, rundir.generation + unsaved.count, n_generations,
+                                                  pace.steps(program.chunk_size - unsaved.count))
+        pace.observe(len(records["generation"]), time.perf_counter() - started)
+        unsaved.add(records)
+        interrupted = parallel.settle(interrupts.requested, None)  # every rank stops at the same generation
+        try:  # record: on disk (every chunk_size generations), in the history, to the callbacks
+            if interrupted or stopped or unsaved.count >= program.chunk_size or \
+                    rundir.generation + unsaved.count >= n_generations:
+                unsaved.write_to(rundir, state, run_key)
+            stopped = _notify(callbacks, records, state) or stopped
+        except Exception as failure:  # raised on every rank, not only this one
+            stopped = parallel.settle(stopped, failure)
+        else:  # a callback's stop holds on every rank
+            stopped = parallel.settle(stopped, None)
+        if interrupted:
+            _close(callbacks)
+            raise KeyboardInterrupt(f"interrupted after generation {rundir.generation}; saved")
+    unsaved.write_to(rundir, state, run_key)  # a callback stopped between saves
+    return state, stopped
 
 
 class _Unsaved:
