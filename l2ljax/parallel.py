@@ -161,6 +161,8 @@ class Coordinator(Protocol):
 
     def agree(self, value: Any) -> Any: ...
 
+    def check_same(self, fingerprint: dict[str, str]) -> None: ...
+
     def raise_together(self, error: BaseException | None) -> None: ...
 
     def settle(self, stop: bool, error: BaseException | None) -> bool: ...
@@ -196,6 +198,9 @@ class SingleProcess:
 
     def agree(self, value: Any) -> Any:
         return value
+
+    def check_same(self, fingerprint: dict[str, str]) -> None:
+        """One process agrees with itself."""
 
     def raise_together(self, error: BaseException | None) -> None:
         if error is not None:
@@ -326,6 +331,19 @@ class MPI:
     def agree(self, value: Any) -> Any:
         """Rank 0's value on every rank (e.g. whether to stop): ranks never take different paths."""
         return self.comm.bcast(value, root=0)
+
+    def check_same(self, fingerprint: dict[str, str]) -> None:
+        """Raise on every rank, naming the fields and ranks, unless every rank has rank 0's
+        ``fingerprint`` (digests of the key, optimizer, optimizee, hyperparameters and versions):
+        ranks called differently would diverge silently or deadlock in a collective."""
+        everyone = self.comm.allgather(fingerprint)
+        differing = {field: [r for r, theirs in enumerate(everyone) if theirs.get(field) != value]
+                     for field, value in everyone[0].items()}
+        differing = {field: ranks for field, ranks in differing.items() if ranks}
+        if differing:
+            named = "; ".join(f"{field} on rank(s) {', '.join(map(str, ranks))}" for field, ranks in differing.items())
+            raise ValueError(f"MPI ranks were called differently from rank 0: {named}. Every rank must run the "
+                             "same script with the same key, settings, data and package versions")
 
     def raise_together(self, error: BaseException | None) -> None:
         """Raise on every rank if any rank failed, instead of leaving the others waiting forever."""

@@ -136,6 +136,14 @@ def main(mode: str, out: Path) -> None:
                                 callbacks=[lambda record, state: rank == 0 and int(record["generation"]) == 5])
     report["stopped_after"] = stop_on_writer.generations
 
+    # Ranks called differently (another key; another population size) are named before any collective.
+    for name, (key, pop) in {"other_key": (rank, 33), "other_pop_size": (0, 33 + rank)}.items():
+        try:
+            l2ljax.run(l2ljax.CrossEntropy(noisy, pop_size=pop), noisy, jax.random.key(key), 2, parallel=scheme)
+            report[name] = None
+        except ValueError as error:
+            report[name] = str(error)
+
     (out / f"rank{rank}.json").write_text(json.dumps(report))
 
 

@@ -121,6 +121,13 @@ def test_a_failing_callback_on_one_rank_is_raised_on_every_rank(mpi_reports):
     assert other["callback_failed"] == "RuntimeError: rank 0 failed: OSError: disk full"
 
 
+def test_ranks_called_differently_are_named_on_every_rank(mpi_reports, device_reports):
+    for report in mpi_reports:
+        assert "called differently from rank 0: key on rank(s) 1" in report["other_key"]
+        assert "optimizer on rank(s) 1" in report["other_pop_size"]
+    assert device_reports[0]["other_key"] is None  # one process: nothing to disagree with
+
+
 def test_a_simulator_crash_on_one_rank_is_raised_on_every_rank(mpi_reports, device_reports):
     writer, other = mpi_reports
     assert writer["crashed"] == "RuntimeError: rank 1 failed: ValueError: simulator crashed"

@@ -128,6 +128,7 @@ def run(
     k_init, run_key = jax.random.split(as_key(key))
     state = optimizer.init(k_init, params, x0) if state is None else state
     meta = run_meta(optimizer, optimizee, n_generations, level, state.params, parallel)
+    parallel.check_same(fingerprint(meta, run_key, state))
     rundir = RunDirectory.open(directory, meta, state, run_key, resume=resume, n_generations=n_generations,
                                explicit_params=state.params if params is not None else None, parallel=parallel)
     try:
@@ -197,6 +198,24 @@ class _Unsaved:
 def _close(callbacks: Sequence[Callback]) -> None:
     for cb in callbacks:
         getattr(cb, "close", lambda: None)()
+
+
+def fingerprint(meta: dict, run_key: jax.Array, state: OptState) -> dict[str, str]:
+    """Digests of what every MPI rank must share: key, optimizer, optimizee, hyperparameters,
+    record level, versions, and the initial state (data-dependent initial ensembles included)."""
+    import hashlib
+    import json
+
+    from l2ljax import trajectory as traj
+
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(traj.plain_json(value), sort_keys=True).encode()).hexdigest()[:16]
+
+    leaves = [np.asarray(jax.random.key_data(x) if traj.is_key(x) else x) for x in jax.tree_util.tree_leaves(state)]
+    fields = {name: digest(meta.get(name)) for name in ("optimizer", "optimizee", "params", "record", "n_generations")}
+    return {**fields, "key": digest(np.asarray(jax.random.key_data(run_key))),
+            "versions": digest([meta.get("l2ljax_version"), meta.get("jax_version")]),
+            "initial state": traj.checksum({str(i): leaf for i, leaf in enumerate(leaves)})[:16]}
 
 
 def _as_list(callbacks: Sequence[Callback] | Callback) -> list[Callback]:
