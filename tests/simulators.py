@@ -81,14 +81,18 @@ def pid_after_leaking(x, seed):
     return float(os.getpid())
 
 
-def nest_killed_mid_simulation(individual, seed):
-    """Runs the CI-size structural-plasticity network, but the worker is SIGKILLed (as by the OOM killer)
-    0.2 s into NEST's Simulate where growth_rate_e > 5."""
+def nest_with_faults(individual, seed):
+    """The CI-size structural-plasticity network, with the faults NEST users meet: where growth_rate_e > 5
+    the worker is SIGKILLed (as by the OOM killer) inside NEST's Simulate; where growth_rate_i > 8 the
+    network simulates 1000 s (minutes: past any test's time limit); a negative tau_ca_ms makes NEST raise."""
     import signal
     import threading
 
     from l2ljax.optimizees import nest as sp
 
+    network = sp.Network()
     if float(individual["growth_rate_e"]) > 5:
-        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGKILL)).start()
-    return sp.simulate_fitness(individual, seed)
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    if float(individual["growth_rate_i"]) > 8:
+        network = sp.Network(t_sim_ms=1_000_000.0)
+    return sp.simulate_fitness(individual, seed, network)

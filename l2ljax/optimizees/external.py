@@ -413,7 +413,8 @@ def describe(individual: PyTree) -> str:
     for path, leaf in jax.tree_util.tree_flatten_with_path(individual)[0]:
         values = np.asarray(leaf).ravel()
         text = np.array2string(values[:6], precision=5, separator=", ") if values.size != 1 else f"{values[0]:.6g}"
-        parts.append(f"{jax.tree_util.keystr(path) or 'x'}={text}{' ...' if values.size > 6 else ''}")
+        name = ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path) or "x"
+        parts.append(f"{name}={text}{' ...' if values.size > 6 else ''}")
     return "{" + ", ".join(parts) + "}"
 
 

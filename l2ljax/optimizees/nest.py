@@ -119,9 +119,15 @@ class Network:
                       "measure_ms": 10_000.0, "update_interval_ms": 1000.0, **changes})
 
 
-def _import_nest() -> Any:
+def _require_nest() -> None:
+    """Name the missing simulator without importing it: a NEST built without MPI exits (FATAL, code 127)
+    when imported in an MPI rank; only the workers, which do not see the launcher, import it."""
     if importlib.util.find_spec("nest") is None:
         raise ImportError(f"the NEST optimizee needs the NEST simulator: {INSTALL_HINT}")
+
+
+def _import_nest() -> Any:
+    _require_nest()
     os.environ.setdefault("PYNEST_QUIET", "1")  # no banner from every worker
     import nest
 
@@ -219,7 +225,7 @@ def structural_plasticity_optimizee(
     ``problem.info["x0"]`` is NEST's example setting, the initial guess to start optimizers from;
     ``problem.fn.pool.close()`` stops the workers.
     """
-    _import_nest()  # the missing simulator is named here, not in every worker
+    _require_nest()  # the missing simulator is named here, not in every worker
     from l2ljax.optimizees.external import worker_pool_optimizee
 
     if network is not None and paper_scale:
