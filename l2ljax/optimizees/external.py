@@ -4,17 +4,23 @@ L2L ran every individual as a process exchanging files; an exception there hung 
 left workers behind (REFERENCE §1). Here each individual is one call of
 ``simulate(individual, seed) -> fitness`` in a persistent worker process. A call that raises,
 kills its worker or runs past ``timeout`` is retried up to ``retries`` times and then scores NaN,
-which optimizers never select (``Evaluation``); the run goes on and a warning names the failure.
-A worker that hangs or dies is replaced. Workers are daemon processes of the run: they end with
-it, and one whose run was killed outright exits within a second.
+which optimizers never select (``Evaluation``); so does a return that is no fitness (None, text,
+the wrong number of values), without retries. The run goes on; every failure is logged with the
+individual's row and values. A worker that hangs or dies is killed together with every program
+it started (it leads its own process group and, on Linux, adopts its orphaned descendants) and
+replaced; a started spare takes its calls meanwhile. Workers can be recycled after ``max_calls``
+calls or above ``max_memory_mb``. Workers are daemon processes of the run: they end with it, and
+one whose run was killed outright ends itself and its programs within a second.
 
 ``simulate`` must be importable by the workers (a module-level function, not a lambda): they
 start with ``spawn``, a fresh interpreter that never inherits the parent's JAX state (each
-imports l2ljax once, ≈ 1–2 s, then serves calls for the whole run). Each call
+imports l2ljax once, ≈ 1–2 s, then serves calls for the whole run); a driver script needs
+``if __name__ == "__main__":``, as the workers re-import it. Each call
 gets a seed derived from the generation's seed and the individual's row, so results do not
 depend on which worker, or MPI rank, ran what. Under MPI (``l2ljax.parallel.MPI``) each rank runs
 its own pool on its rows; workers do not inherit the launcher's rank variables, so a simulator
-that initialises MPI itself starts as a singleton, not as a second copy of its rank.
+that initialises MPI itself starts as a singleton, not as a second copy of its rank (and a NEST
+built without MPI, which exits when it sees a launcher, runs).
 
 Example::
 
