@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -82,8 +83,7 @@ def main() -> None:
             print(json.dumps(record), flush=True)
 
     def median(who, key):
-        values = sorted(r[key] for r in runs if r["peer"] == who)
-        return values[len(values) // 2]
+        return statistics.median(r[key] for r in runs if r["peer"] == who)
 
     summary = {key: {"l2ljax": median("l2ljax", key), "l2lforhpc": median("l2lforhpc", key)}
                for key in ("seconds_total", "seconds_generations", "evaluations_per_second")}

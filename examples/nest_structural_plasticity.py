@@ -69,6 +69,7 @@ def plot(report: dict, network: sp.Network, path: Path) -> None:
     best_name = max(report["runs"], key=lambda n: report["runs"][n]["best_score"])
     best = report["runs"][best_name]["best"]
     series = {"best": sp.simulate_network(best, 1, network), "initial": sp.simulate_network(report["x0"], 1, network)}
+    # (in this process: the figure is not drawn under an MPI launcher, where NEST without MPI exits)
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
     for name, run in report["runs"].items():
         ax0.plot(np.arange(1, len(run["best_score_per_generation"]) + 1), run["best_score_per_generation"],
@@ -80,13 +81,17 @@ def plot(report: dict, network: sp.Network, path: Path) -> None:
     for key, color in (("rate_e", "tab:blue"), ("rate_i", "tab:red")):
         ax1.plot(t, series["best"][key], color=color, label=f"{key} (best: {best_name})")
         ax1.plot(t, series["initial"][key], color=color, ls=":", alpha=0.6, label=f"{key} (initial)")
-    ax1.axhline(network.target_rate_e_hz, color="tab:blue", lw=3, alpha=0.25)
-    ax1.axhline(network.target_rate_i_hz, color="tab:red", lw=3, alpha=0.25)
-    ax1.set(xlabel="simulated time (s)", ylabel="firing rate (Hz)", title="best individual in NEST")
+    ax1.axhline(network.target_rate_e_hz, color="tab:blue", lw=4, alpha=0.2)
+    ax1.axhline(network.target_rate_i_hz, color="tab:red", lw=4, alpha=0.2)
+    ax1.set_ylim(0, 1.4 * max(network.target_rate_i_hz, np.max(series["best"]["rate_i"])))
+    ax1.set(xlabel="simulated time (s)", ylabel="firing rate (Hz)",
+            title="best individual in NEST (new seed); bands: targets")
     twin = ax1.twinx()
     n = network.n_excitatory + network.n_inhibitory
-    twin.plot(t, (series["best"]["synapses_e"] + series["best"]["synapses_i"]) / n, "k--", label="synapses / neuron")
-    twin.axhline(network.target_synapses, color="k", lw=3, alpha=0.15)
+    synapses = (series["best"]["synapses_e"] + series["best"]["synapses_i"]) / n
+    twin.plot(t, synapses, "k--", label="synapses / neuron (best)")
+    twin.axhline(network.target_synapses, color="k", lw=4, alpha=0.12)
+    twin.set_ylim(0, 2.5 * max(network.target_synapses, np.max(synapses)))
     twin.set_ylabel("recurrent synapses per neuron")
     ax1.legend(fontsize=7, loc="upper left")
     twin.legend(fontsize=7, loc="lower right")
