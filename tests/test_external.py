@@ -204,7 +204,7 @@ def test_workers_are_recycled_after_max_calls_and_above_a_memory_limit():
     with WorkerPool(simulators.pid_after_leaking, n_workers=1, spares=0, max_calls=2) as pool:
         pids = [int(pool.map([np.zeros(1)], [i])[0][0]) for i in range(5)]
         assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] and pool.recycled == 2
-    with WorkerPool(simulators.pid_after_leaking, n_workers=1, spares=0) as pool:
+    with WorkerPool(simulators.pid_after_leaking, n_workers=1, spares=0, max_memory_mb=1e9) as pool:
         first = int(pool.map([np.zeros(1)], [0])[0][0])
         pool.max_memory_mb = pool._workers[0].memory_mb + 150  # a worker may grow by 150 MB
         pids = [int(pool.map([np.array([100.0])], [i])[0][0]) for i in range(3)]

@@ -2,7 +2,7 @@
 
 The network is the CI size (40 E + 10 I neurons, 5 s simulated, ≈ 0.5 s per simulation on one
 core). These tests skip without NEST unless ``L2LJAX_REQUIRE_NEST=1`` (set by CI, which installs
-it) turns that into a failure. Their runtime: ≈ 2–3 minutes on 2 shared cores.
+it) turns that into a failure. Their runtime: ≈ 2 minutes on 2 idle cores, ≈ 5 when others share them.
 """
 
 import importlib.util

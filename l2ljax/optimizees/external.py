@@ -68,7 +68,8 @@ _LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "OMPI_COMM_WORLD", "HYDRA_", "HYDI_", "MP
 
 
 def _worker_main(simulate: Callable[[PyTree, int], Any], connection: Connection, parent: int) -> None:
-    """Runs in a worker: answer each (call, task, individual, seed) with (call, task, ok, value, memory in MB).
+    """Runs in a worker: answer each (call, task, individual, seed, measure) with (call, task, ok, value,
+    memory in MB of the worker and its descendants if ``measure``, else 0).
 
     The worker leads a process group of its own and (on Linux) adopts the orphans among its
     descendants, so that the run can kill everything ``simulate`` started.
@@ -84,12 +85,12 @@ def _worker_main(simulate: Callable[[PyTree, int], Any], connection: Connection,
             return
         if message is None:
             return
-        call, task, individual, seed = message
+        call, task, individual, seed, measure = message
         try:
             ok, value = _as_fitness(simulate(individual, seed))
         except Exception:  # reported to the run, which retries or scores NaN
             ok, value = False, "simulate raised:\n" + traceback.format_exc(limit=5)
-        connection.send((call, task, ok, value, _tree_memory_mb(os.getpid())))
+        connection.send((call, task, ok, value, _tree_memory_mb(os.getpid()) if measure else 0.0))
 
 
 def _as_fitness(value: Any) -> tuple[bool | None, Any]:
@@ -309,7 +310,8 @@ class WorkerPool:
                 if pending and busy < self.n_workers and worker.ready and worker.task is None:
                     task = pending.pop()
                     try:
-                        worker.connection.send((self._call, task, individuals[task], int(seeds[task])))
+                        worker.connection.send((self._call, task, individuals[task], int(seeds[task]),
+                                                self.max_memory_mb is not None))
                     except OSError:  # it died while idle (killed from outside): replace it, no attempt spent
                         pending.append(task)
                         self._retire(worker)

@@ -114,7 +114,9 @@ class Network:
 
     @classmethod
     def paper_scale(cls, **changes: Any) -> Network:
-        """NEST's example and L2L's ``SPNoVizOptimizee``: 800 E + 200 I neurons, 200 s at 0.1 ms."""
+        """NEST's example and L2L's ``SPNoVizOptimizee``: 800 E + 200 I neurons, 200 s at 0.1 ms.
+
+        The calcium time constant stays :data:`PARAMETERS`' 500 ms unless tuned (NEST's default is 10 s)."""
         return cls(**{"n_excitatory": 800, "n_inhibitory": 200, "t_sim_ms": 200_000.0, "record_ms": 1000.0,
                       "measure_ms": 10_000.0, "update_interval_ms": 1000.0, **changes})
 
@@ -170,7 +172,7 @@ def simulate_network(params: Mapping[str, float], seed: int, network: Network = 
 
     n_samples = int(round(network.t_sim_ms / network.record_ms))
     series = {name: np.zeros(n_samples) for name in ("rate_e", "rate_i", "synapses_e", "synapses_i")}
-    last_e = exc.global_id if network.n_excitatory == 1 else exc.global_id[-1]
+    last_e = exc[-1].global_id  # E neurons are created first: node ids up to this one
     for k in range(n_samples):
         nest.Simulate(network.record_ms)
         senders = np.asarray(recorder.events["senders"])
