@@ -119,8 +119,9 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
                               repetitions=args.repetitions, init_std=args.init_std, seed=args.seed,
                               precision=args.precision)
     opt = EnsembleKalmanFilter(problem, pop_size=args.members, sequential=args.mode == "sequential",
-                               outputs_per_sample=10, stochastic=args.stochastic)
-    params = opt.default_params.replace(gamma=args.gamma)
+                               outputs_per_sample=10, stochastic=args.stochastic, **enkf_strategies(args))
+    params = opt.default_params.replace(gamma=args.gamma, step_size=args.step_size, inflation=args.inflation,
+                                        additive_inflation=args.additive_inflation)
     ensemble, _ = build_model(args.model)
     out = Path(args.out)
     curve_path = out / "test_accuracy.csv"
@@ -133,13 +134,13 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
         test_images, test_labels = test_images[:args.test_subset], test_labels[:args.test_subset]
     start = time.perf_counter() - (curve[-1][2] if curve else 0.0)  # a resumed run's clock goes on
     title = (f"EnKF, LOD CNN, J={args.members}, batch {args.batch}, gamma={args.gamma}, "
-             f"{args.repetitions} reps, {args.mode}")
+             f"{args.repetitions} reps, {args.mode}, {strategy_label(args)}")
 
     def evaluate(record: dict, state) -> None:
         iteration = int(record["generation"]) + 1
         if not writer or iteration != int(state.generation):  # chunks are eval_every long: evaluate at each chunk's end
             return
-        mean = jax.numpy.mean(state.inner.ensemble, axis=0)
+        mean = opt.mean_flat(state)
         acc = dataset_accuracy(ensemble, mean, test_images, test_labels)
         curve.append([iteration, acc, time.perf_counter() - start])
         _write_csv(curve_path, ["iteration", "test_accuracy", "seconds"], curve)
@@ -151,7 +152,9 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
         print(f"EnKF on MNIST: {title}; {problem.space.dim} parameters; {args.iterations} iterations; "
               f"evaluation {scheme or 'on one device'}; results in {out}", flush=True)
     result = run(opt, problem, jax.random.key(args.seed), args.iterations, params=params, directory=out,
-                 resume=args.resume, chunk_size=args.eval_every, callbacks=[evaluate], progress=True,
+                 resume=args.resume, chunk_size=args.eval_every,
+                 callbacks=[evaluate, opt.stop_when_terminated(lambda m: print(f"\n{m}", file=sys.stderr))],
+                 progress=True,
                  summary=True, parallel=scheme)
     seconds = time.perf_counter() - start
     if not writer:
@@ -162,6 +165,45 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
           f"{result.generations} iterations in {seconds:.1f} s "
           f"(curve: {curve_path}, plot: {out / 'test_error.png'}, trajectory: {out / 'trajectory'})")
     return summary
+
+
+STRATEGY_FLAGS = ("process", "scheduler", "accelerator", "localizer", "additive_inflation", "inflation", "step_size")
+
+
+def enkf_strategies(args: argparse.Namespace) -> dict:
+    """The EnsembleKalmanFilter strategy arguments of the ``mnist-enkf`` flags."""
+    from l2ljax import kalman
+
+    processes = {"eki": kalman.Inversion(), "etki": kalman.TransformInversion(),
+                 "teki": kalman.TikhonovInversion(prior_std=args.init_std, prior_mean=0.0)}
+    schedulers = {"fixed": kalman.FixedStep(),
+                  "dmc": kalman.DataMisfitController(terminate_at=args.terminate_at)}
+    accelerators = {"none": kalman.NoAcceleration(), "nesterov": kalman.NesterovAccelerator(),
+                    "first-order": kalman.FirstOrderNesterovAccelerator(),
+                    "constant": kalman.ConstantNesterovAccelerator()}
+    localizers = {"none": None, "sec": kalman.SEC(), "secnice": kalman.SECNice(), "secfisher": kalman.SECFisher(),
+                  "dropout": kalman.BernoulliDropout()}
+    return {"process": processes[args.process], "scheduler": schedulers[args.scheduler],
+            "accelerator": accelerators[args.accelerator], "localizer": localizers[args.localizer],
+            "additive_cov": args.additive_cov}
+
+
+def strategy_label(args: argparse.Namespace) -> str:
+    """A short name of the strategy flags that differ from plain EKI."""
+    parts = [args.process]
+    if args.scheduler != "fixed":
+        parts.append(f"dmc(T={args.terminate_at:g})")
+    if args.accelerator != "none":
+        parts.append(args.accelerator)
+    if args.localizer != "none":
+        parts.append(args.localizer)
+    if args.additive_inflation:
+        parts.append(f"additive {args.additive_inflation:g} ({args.additive_cov})")
+    if args.inflation != 1:
+        parts.append(f"inflation {args.inflation:g}")
+    if args.step_size != 1:
+        parts.append(f"h={args.step_size:g}")
+    return " + ".join(parts)
 
 
 def choose_parallel(name: str):
@@ -222,6 +264,20 @@ def main(argv: list[str] | None = None) -> None:
     enkf.add_argument("--mode", choices=["sequential", "batch"], default="sequential",
                       help="LOD sample-sequential update, or one update with the whole batch")
     enkf.add_argument("--stochastic", action="store_true", help="perturbed observations")
+    enkf.add_argument("--process", choices=["eki", "etki", "teki"], default="eki",
+                      help="EKI, transform EKI (ETKI) or Tikhonov EKI (TEKI, prior N(0, init_std^2))")
+    enkf.add_argument("--scheduler", choices=["fixed", "dmc"], default="fixed",
+                      help="fixed step --step-size, or the data-misfit controller (Iglesias & Yang 2021)")
+    enkf.add_argument("--terminate-at", type=float, default=float("inf"),
+                      help="algorithm time at which the data-misfit controller stops the run (1: the posterior)")
+    enkf.add_argument("--step-size", type=float, default=1.0, help="h: Gamma/h in the update")
+    enkf.add_argument("--accelerator", choices=["none", "nesterov", "first-order", "constant"], default="none")
+    enkf.add_argument("--localizer", choices=["none", "sec", "secnice", "secfisher", "dropout"], default="none")
+    enkf.add_argument("--additive-inflation", type=float, default=0.0,
+                      help="s: add N(0, s h/(1 - s h) Sigma) to every member after each update")
+    enkf.add_argument("--additive-cov", choices=["prior", "ensemble"], default="prior",
+                      help="Sigma of the additive inflation: initial or current per-weight variance")
+    enkf.add_argument("--inflation", type=float, default=1.0, help="multiplicative inflation of the anomalies")
     enkf.add_argument("--model", choices=["lod_cnn", "mlp"], default="lod_cnn")
     enkf.add_argument("--precision", choices=["default", "highest", "bfloat16"], default="default",
                       help="precision of the ensemble forward pass (the update is always float32)")
