@@ -41,8 +41,10 @@ PRESETS = {
     "today": {},
     "rep1": {"repetitions": 1},
     "rep1_batch": {"repetitions": 1, "mode": "batch"},
-    "rep1_additive": {"repetitions": 1, "additive": 0.01},
+    "rep1_additive": {"repetitions": 1, "additive": 0.02, "additive_cov": "ensemble"},
+    "rep1_additive_prior": {"repetitions": 1, "additive": 0.002},
     "rep1_secnice": {"repetitions": 1, "mode": "batch", "localizer": "secnice"},
+    "rep1_sec": {"repetitions": 1, "mode": "batch", "localizer": "sec"},
     "rep1_nesterov": {"repetitions": 1, "accelerator": "nesterov"},
     "rep1_stochastic": {"repetitions": 1, "mode": "batch", "stochastic": 1},
     "rep1_etki": {"repetitions": 1, "mode": "batch", "process": "etki"},
@@ -77,7 +79,7 @@ class Variant:
                                   repetitions=config["repetitions"], seed=args.seed)
         processes = {"eki": kalman.Inversion(), "etki": kalman.TransformInversion(),
                      "teki": kalman.TikhonovInversion(prior_std=0.1, prior_mean=0.0)}
-        scheduler = kalman.DataMisfitController(terminate_at=np.inf) if config["scheduler"] == "dmc" else None
+        scheduler = kalman.DataMisfitController(terminate_at=1e6) if config["scheduler"] == "dmc" else None
         self.opt = EnsembleKalmanFilter(
             problem, pop_size=args.members, sequential=config["mode"] == "sequential", outputs_per_sample=10,
             stochastic=bool(config["stochastic"]), process=processes[config["process"]], scheduler=scheduler,

@@ -177,7 +177,7 @@ def enkf_strategies(args: argparse.Namespace) -> dict:
     processes = {"eki": kalman.Inversion(), "etki": kalman.TransformInversion(),
                  "teki": kalman.TikhonovInversion(prior_std=args.init_std, prior_mean=0.0)}
     schedulers = {"fixed": kalman.FixedStep(),
-                  "dmc": kalman.DataMisfitController(terminate_at=args.terminate_at)}
+                  "dmc": kalman.DataMisfitController(terminate_at=args.terminate_at, on_terminate=args.on_terminate)}
     accelerators = {"none": kalman.NoAcceleration(), "nesterov": kalman.NesterovAccelerator(),
                     "first-order": kalman.FirstOrderNesterovAccelerator(),
                     "constant": kalman.ConstantNesterovAccelerator()}
@@ -268,8 +268,10 @@ def main(argv: list[str] | None = None) -> None:
                       help="EKI, transform EKI (ETKI) or Tikhonov EKI (TEKI, prior N(0, init_std^2))")
     enkf.add_argument("--scheduler", choices=["fixed", "dmc"], default="fixed",
                       help="fixed step --step-size, or the data-misfit controller (Iglesias & Yang 2021)")
-    enkf.add_argument("--terminate-at", type=float, default=float("inf"),
+    enkf.add_argument("--terminate-at", type=float, default=1.0,
                       help="algorithm time at which the data-misfit controller stops the run (1: the posterior)")
+    enkf.add_argument("--on-terminate", choices=["stop", "continue"], default="stop",
+                      help="at --terminate-at: stop the run, or go on with uncapped adaptive steps")
     enkf.add_argument("--step-size", type=float, default=1.0, help="h: Gamma/h in the update")
     enkf.add_argument("--accelerator", choices=["none", "nesterov", "first-order", "constant"], default="none")
     enkf.add_argument("--localizer", choices=["none", "sec", "secnice", "secfisher", "dropout"], default="none")

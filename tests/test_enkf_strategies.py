@@ -1,5 +1,8 @@
 """EnKF strategies through the optimizer on nonlinear inverse problems with known answers."""
 
+import os
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,12 +74,12 @@ def make_problem(name, seed=0):
 VARIANTS = {
     "eki": {},
     "eki_stochastic": {"stochastic": True},
-    "eki_dmc": {"scheduler": kalman.DataMisfitController(terminate_at=np.inf)},
+    "eki_dmc": {"scheduler": kalman.DataMisfitController()},  # stops at the posterior time 1
     "etki": {"process": kalman.TransformInversion()},
     "teki": {"process": kalman.TikhonovInversion(prior_std=1.0)},
     "eki_nesterov": {"accelerator": kalman.NesterovAccelerator()},
     "eki_secnice": {"localizer": kalman.SECNice()},
-    "eki_additive": {"additive": 0.02},
+    "eki_additive": {"additive": 1e-3},
 }
 
 
@@ -197,3 +200,25 @@ def test_bad_hyperparameters_are_named():
         plain.init(jax.random.key(0), plain.default_params.replace(additive_inflation=0.5, step_size=2.0))
     with pytest.raises(kalman.NoiseCovarianceError, match="structure"):
         plain.init(jax.random.key(0), plain.default_params.replace(noise_cov=np.eye(2)))
+
+
+# --------------------------------------------------------------------------- the main job's flags
+
+MNIST_DIR = Path(os.environ.get("L2LJAX_MNIST_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
+
+
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"MNIST not found at {MNIST_DIR}")
+def test_main_job_takes_strategy_flags_and_stops_at_termination(tmp_path, capsys):
+    from l2ljax.cli import main
+
+    common = ["mnist-enkf", "--data-dir", str(MNIST_DIR), "--members", "8", "--eval-every", "2",
+              "--train-subset", "640", "--test-subset", "200", "--parallel", "none"]
+    main([*common, "--iterations", "2", "--mode", "batch", "--accelerator", "nesterov", "--localizer", "sec",
+          "--additive-inflation", "0.01", "--out", str(tmp_path / "a")])
+    out = capsys.readouterr()
+    assert "eki + nesterov + sec + additive 0.01 (prior)" in out.out and "final test accuracy" in out.out
+    # the controller's time reaches terminate_at after the first update: the run ends at that chunk, saying why
+    main([*common, "--iterations", "20", "--scheduler", "dmc", "--terminate-at", "1e-4", "--out", str(tmp_path / "b")])
+    out = capsys.readouterr()
+    assert "reached terminate_at=0.0001" in out.err
+    assert "after 2 iterations" in out.out  # stopped at the end of the first chunk of --eval-every 2
