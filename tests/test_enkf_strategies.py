@@ -214,7 +214,7 @@ def test_main_job_takes_strategy_flags_and_stops_at_termination(tmp_path, capsys
     common = ["mnist-enkf", "--data-dir", str(MNIST_DIR), "--members", "8", "--eval-every", "2",
               "--train-subset", "640", "--test-subset", "200", "--parallel", "none"]
     main([*common, "--iterations", "2", "--mode", "batch", "--accelerator", "nesterov", "--localizer", "sec",
-          "--additive-inflation", "0.01", "--out", str(tmp_path / "a")])
+          "--additive-inflation", "0.01", "--additive-cov", "prior", "--out", str(tmp_path / "a")])
     out = capsys.readouterr()
     assert "eki + nesterov + sec + additive 0.01 (prior)" in out.out and "final test accuracy" in out.out
     # the controller's time reaches terminate_at after the first update: the run ends at that chunk, saying why
