@@ -14,8 +14,8 @@ Every localizer here is *distance-free*: the weights are functions of the sample
 - :class:`SEC` — sampling-error correction, Lee (2021), *Sampling error correction in ensemble
   Kalman inversion*, arXiv:2105.11341: ``ρ = |r|^α``, entries with ``|r|^{1+α} ≤ cutoff`` set
   to 0.
-- :class:`SECNice` — Vishny, Morzfeld, Gowda, Gregory & Sanz-Alonso (2024), *High-dimensional
-  covariance estimation from a small number of samples*, JAMES (doi:10.22541/essoar.171501094.44068137/v1):
+- :class:`SECNice` — Vishny, Morzfeld et al. (2024), doi:10.22541/essoar.171501094.44068137/v1
+  (the reference of EnsembleKalmanProcesses' ``SECNice``):
   the amount of SEC is chosen per block by a discrepancy principle: shrink as much as the
   sampling noise allows, ``‖r ∘ (1 − ρ)‖_F ≈ δ ‖σ_r‖_F`` with ``σ_r = (1 − r²)/√J``. No tuning
   (``δ = 1``). Its weights tend to 1 (no localization) as J grows. The recommended default.
