@@ -142,15 +142,23 @@ def check_mnist_args(args: argparse.Namespace) -> None:
     """Every flag of ``mnist-enkf`` checked before anything slow (MNIST loading, compilation)."""
     if args.full:
         args.members, args.iterations = 5000, 7500
+    # --full is LOD's protocol (each batch 8 times, plain EKI); the CPU-size defaults are what
+    # learned fastest per forward pass at J = 500 (RESULTS §9): each batch once, additive inflation.
+    if args.repetitions is None:
+        args.repetitions = 8 if args.full else 1
+    if args.additive_inflation is None:
+        args.additive_inflation = 0.0 if args.full else 0.02
     for name in ("iterations", "batch", "repetitions", "eval_every"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.members < 2:
         raise UsageError(f"--members must be at least 2 (an ensemble needs a spread), got {args.members}")
-    for name in ("gamma", "init_std"):
+    for name in ("gamma", "init_std", "step_size", "inflation", "terminate_at"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise UsageError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if not 0 <= args.additive_inflation < 1:
+        raise UsageError(f"--additive-inflation must be in [0, 1), got {args.additive_inflation}")
     for name in ("train_subset", "test_subset"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (0: all), got {getattr(args, name)}")
@@ -245,8 +253,9 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
                               repetitions=args.repetitions, init_std=args.init_std, seed=args.seed,
                               precision=args.precision)
     opt = EnsembleKalmanFilter(problem, pop_size=args.members, sequential=args.mode == "sequential",
-                               outputs_per_sample=10, stochastic=args.stochastic)
-    params = opt.default_params.replace(gamma=args.gamma)
+                               outputs_per_sample=10, stochastic=args.stochastic, **enkf_strategies(args))
+    params = opt.default_params.replace(gamma=args.gamma, step_size=args.step_size, inflation=args.inflation,
+                                        additive_inflation=args.additive_inflation)
     ensemble, _ = build_model(args.model)
     curve_path = out / "test_accuracy.csv"
     curve = read_accuracy_csv(curve_path) if args.resume else []
@@ -255,10 +264,10 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
         test_images, test_labels = test_images[:args.test_subset], test_labels[:args.test_subset]
     start = time.perf_counter() - (curve[-1][2] if curve else 0.0)  # a resumed run's clock goes on
     title = (f"EnKF, LOD CNN, J={args.members}, batch {args.batch}, gamma={args.gamma}, "
-             f"{args.repetitions} reps, {args.mode}")
+             f"{args.repetitions} reps, {args.mode}, {strategy_label(args)}")
 
     def test_row(iteration: int, state) -> None:
-        mean = jax.numpy.mean(state.inner.ensemble, axis=0)
+        mean = opt.mean_flat(state)
         acc = dataset_accuracy(ensemble, mean, test_images, test_labels)
         curve.append([iteration, acc, time.perf_counter() - start])
         curve.sort(key=lambda row: row[0])
@@ -291,7 +300,8 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
         point_latest(out)
     from l2ljax.run import ProgressBar
 
-    callbacks = [evaluate, ProgressBar(args.iterations, describe=describe)] if writer else [evaluate]
+    callbacks = [evaluate, opt.stop_when_terminated(lambda message: print(f"\n{message}", file=sys.stderr))]
+    callbacks += [ProgressBar(args.iterations, describe=describe)] if writer else []
     result = run(opt, problem, jax.random.key(args.seed), args.iterations, params=params, directory=out,
                  resume=args.resume, chunk_size=args.eval_every, callbacks=callbacks, summary=True, parallel=scheme)
     seconds = time.perf_counter() - start
@@ -307,6 +317,45 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
           f"{result.generations} iterations in {seconds:.1f} s "
           f"(curve: {curve_path}, plot: {out / 'test_error.png'}, trajectory: {out / 'trajectory'})")
     return summary
+
+
+STRATEGY_FLAGS = ("process", "scheduler", "accelerator", "localizer", "additive_inflation", "inflation", "step_size")
+
+
+def enkf_strategies(args: argparse.Namespace) -> dict:
+    """The EnsembleKalmanFilter strategy arguments of the ``mnist-enkf`` flags."""
+    from l2ljax import kalman
+
+    processes = {"eki": kalman.Inversion(), "etki": kalman.TransformInversion(),
+                 "teki": kalman.TikhonovInversion(prior_std=args.init_std, prior_mean=0.0)}
+    schedulers = {"fixed": kalman.FixedStep(),
+                  "dmc": kalman.DataMisfitController(terminate_at=args.terminate_at, on_terminate=args.on_terminate)}
+    accelerators = {"none": kalman.NoAcceleration(), "nesterov": kalman.NesterovAccelerator(),
+                    "first-order": kalman.FirstOrderNesterovAccelerator(),
+                    "constant": kalman.ConstantNesterovAccelerator()}
+    localizers = {"none": None, "sec": kalman.SEC(), "secnice": kalman.SECNice(), "secfisher": kalman.SECFisher(),
+                  "dropout": kalman.BernoulliDropout()}
+    return {"process": processes[args.process], "scheduler": schedulers[args.scheduler],
+            "accelerator": accelerators[args.accelerator], "localizer": localizers[args.localizer],
+            "additive_cov": args.additive_cov}
+
+
+def strategy_label(args: argparse.Namespace) -> str:
+    """A short name of the strategy flags that differ from plain EKI."""
+    parts = [args.process]
+    if args.scheduler != "fixed":
+        parts.append(f"dmc(T={args.terminate_at:g})")
+    if args.accelerator != "none":
+        parts.append(args.accelerator)
+    if args.localizer != "none":
+        parts.append(args.localizer)
+    if args.additive_inflation:
+        parts.append(f"additive {args.additive_inflation:g} ({args.additive_cov})")
+    if args.inflation != 1:
+        parts.append(f"inflation {args.inflation:g}")
+    if args.step_size != 1:
+        parts.append(f"h={args.step_size:g}")
+    return " + ".join(parts)
 
 
 def choose_parallel(name: str):
@@ -397,12 +446,32 @@ def build_parser() -> argparse.ArgumentParser:
     enkf.add_argument("--members", type=int, default=500, help="ensemble size J, at least 2 (LOD paper: 5000)")
     enkf.add_argument("--iterations", type=int, default=400, help="EnKF iterations (LOD: 7500 = 1 epoch)")
     enkf.add_argument("--batch", type=int, default=64, help="training images per minibatch")
-    enkf.add_argument("--repetitions", type=int, default=8, help="consecutive iterations on each minibatch")
+    enkf.add_argument("--repetitions", type=int, default=None,
+                      help="consecutive iterations on each minibatch (default 1; --full: 8, the LOD protocol)")
     enkf.add_argument("--gamma", type=float, default=0.01, help="observation noise, > 0: Gamma = gamma * I")
     enkf.add_argument("--init-std", type=float, default=0.1, help="std of the initial ensemble's weights, > 0")
     enkf.add_argument("--mode", choices=["sequential", "batch"], default="sequential",
                       help="LOD sample-sequential update, or one update with the whole batch")
     enkf.add_argument("--stochastic", action="store_true", help="perturbed observations")
+    enkf.add_argument("--process", choices=["eki", "etki", "teki"], default="eki",
+                      help="EKI, transform EKI (ETKI) or Tikhonov EKI (TEKI, prior N(0, init_std^2))")
+    enkf.add_argument("--scheduler", choices=["fixed", "dmc"], default="fixed",
+                      help="fixed step --step-size, or the data-misfit controller (Iglesias & Yang 2021)")
+    enkf.add_argument("--terminate-at", type=float, default=1.0,
+                      help="algorithm time at which the data-misfit controller stops the run (1: the posterior)")
+    enkf.add_argument("--on-terminate", choices=["stop", "continue"], default="stop",
+                      help="at --terminate-at: stop the run, or go on with uncapped adaptive steps")
+    enkf.add_argument("--step-size", type=float, default=1.0, help="h, > 0: Gamma/h in the update")
+    enkf.add_argument("--accelerator", choices=["none", "nesterov", "first-order", "constant"], default="none",
+                      help="Nesterov-type momentum of the ensemble (docs/kalman.md: which are stable)")
+    enkf.add_argument("--localizer", choices=["none", "sec", "secnice", "secfisher", "dropout"], default="none",
+                      help="localization of the cross-covariance (EKI only)")
+    enkf.add_argument("--additive-inflation", type=float, default=None,
+                      help="s in [0, 1): add N(0, s h/(1 - s h) Sigma) to every member after each update "
+                           "(default 0.02; --full: 0)")
+    enkf.add_argument("--additive-cov", choices=["prior", "ensemble"], default="ensemble",
+                      help="Sigma of the additive inflation: initial or current per-weight variance")
+    enkf.add_argument("--inflation", type=float, default=1.0, help="multiplicative inflation of the anomalies, > 0")
     enkf.add_argument("--model", choices=["lod_cnn", "mlp"], default="lod_cnn", help="network trained")
     enkf.add_argument("--precision", choices=["default", "highest", "bfloat16"], default="default",
                       help="precision of the ensemble forward pass (the update is always float32)")

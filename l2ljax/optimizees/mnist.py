@@ -25,6 +25,7 @@ import numpy as np
 
 from l2ljax import models
 from l2ljax.core import Optimizee
+from l2ljax.kalman.minibatch import RandomMinibatcher
 
 N_CLASSES = 10
 PRECISIONS = ("default", "highest", "bfloat16")
@@ -45,12 +46,13 @@ def build_model(name: str, hidden: tuple[int, ...] = (100,)) -> tuple[models.Ens
 
 def batch_indices(generation: jax.Array, n_examples: int, batch_size: int, repetitions: int,
                   seed: int) -> jax.Array:
-    """Indices of the minibatch used at ``generation`` (pure; shuffled anew every epoch)."""
-    batches_per_epoch = n_examples // batch_size
-    batch = generation // repetitions
-    epoch, position = batch // batches_per_epoch, batch % batches_per_epoch
-    order = jax.random.permutation(jax.random.fold_in(jax.random.key(seed), epoch), n_examples)
-    return jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
+    """Indices of the minibatch used at ``generation`` (pure; shuffled anew every epoch).
+
+    The :class:`l2ljax.kalman.RandomMinibatcher` schedule; the last ``n_examples mod batch_size``
+    examples of each epoch's permutation are skipped.
+    """
+    return RandomMinibatcher(n_examples, batch_size, repetitions=repetitions, seed=seed,
+                             remainder="drop").indices(generation)
 
 
 def mnist_optimizee(images: np.ndarray, labels: np.ndarray, *, model: str = "lod_cnn",

@@ -11,9 +11,27 @@ So one generation is one ensemble forward pass plus one update. Fitness (e.g. mi
 accuracy) is only tracked, it does not drive the update; members whose outputs or fitness are
 non-finite are left out of the statistics and resampled.
 
+Strategies (see ``docs/kalman.md`` for the defaults and :mod:`l2ljax.kalman.strategies` for the
+maths): ``process`` (:class:`~l2ljax.kalman.Inversion` EKI, :class:`~l2ljax.kalman.TransformInversion`
+ETKI, :class:`~l2ljax.kalman.TikhonovInversion` TEKI), ``scheduler`` (:class:`~l2ljax.kalman.FixedStep`
+or the Iglesias–Yang :class:`~l2ljax.kalman.DataMisfitController`, which terminates the process;
+``stop_when_terminated()`` is the callback that ends a run then and says why), ``accelerator``
+(Nesterov variants: the forward map is evaluated at the extrapolated ensemble),
+``localizer`` (SEC, SECNice, SECFisher, BernoulliDropout; EKI only) and additive inflation
+(``Params.additive_inflation`` = s, noise N(0, sh/(1−sh) Σ), Σ the diagonal of the initial
+ensemble's covariance, ``additive_cov='prior'``, or of the current one, ``'ensemble'``).
+
+Hyperparameters: continuous ones are ``Params`` fields (vmappable, schedulable, checked at
+``init``): ``gamma``, ``step_size``, ``inflation``, ``additive_inflation``, ``noise_cov`` (the
+values of a full or diagonal Γ; ``None``: Γ = gamma·I) and the strategies themselves (pytrees
+whose float fields are leaves: e.g. ``params.scheduler.terminate_at``). Shape- or
+structure-deciding ones are constructor arguments: ``pop_size``, ``sequential``,
+``outputs_per_sample``, ``stochastic``, ``form``, which strategy classes, whether Γ is full,
+diagonal or scalar (the constructor's ``noise_cov``, which is also its default value).
+
 Options: ``sequential=True`` assimilates the B samples of a batch one at a time (the LOD
 protocol; outputs must be ordered sample-major, ``outputs_per_sample`` = K values each);
-``stochastic`` perturbed observations; Γ = ``gamma``·I or the full matrix ``noise_cov``;
+``stochastic`` perturbed observations; Γ = ``gamma``·I or the matrix (or variances) ``noise_cov``;
 ``step_size`` h, times ``step_schedule(iteration)`` when given (any optax schedule, e.g.
 ``optax.exponential_decay``); multiplicative ``inflation`` of the prior ensemble; ``init_std``: the initial
 ensemble N(x0, init_std²) instead of draws of the optimizee's sampler. Repeating a batch
@@ -40,7 +58,13 @@ import numpy as np
 from flax import struct
 
 from l2ljax import kalman
-from l2ljax.core import Evaluation, Optimizee, Optimizer, OptState, Space, check_positive_int, check_range
+from l2ljax.core import Evaluation, Optimizee, Optimizer, OptState, Space, check_positive_int, check_range, is_concrete
+
+_PROCESSES = (kalman.Inversion, kalman.TransformInversion, kalman.TikhonovInversion)
+_SCHEDULERS = (kalman.FixedStep, kalman.DataMisfitController)
+_ACCELERATORS = (kalman.NoAcceleration, kalman.NesterovAccelerator, kalman.FirstOrderNesterovAccelerator,
+                 kalman.ConstantNesterovAccelerator)
+_LOCALIZERS = (kalman.SEC, kalman.SECNice, kalman.SECFisher, kalman.BernoulliDropout)
 
 
 @struct.dataclass
@@ -48,13 +72,33 @@ class EnsembleKalmanParams:
     gamma: float = 0.01
     step_size: float = 1.0
     inflation: float = 1.0
+    additive_inflation: float = 0.0
+    noise_cov: Any = None
+    process: Any = kalman.Inversion()
+    scheduler: Any = kalman.FixedStep()
+    accelerator: Any = kalman.NoAcceleration()
+    localizer: Any = None
 
 
 class EnsembleKalmanState(NamedTuple):
-    ensemble: jax.Array  # (J, P)
+    ensemble: jax.Array  # (J, P) the members the forward map is evaluated at next (v with momentum)
     misfit: jax.Array  # mean squared error of the ensemble-mean output before the last update
     iteration: jax.Array  # updates done, the argument of step_schedule
     key: jax.Array
+    previous: jax.Array | None = None  # (J, P) the last plain update u_n (accelerators only)
+    theta: jax.Array | None = None  # Nesterov's θ_n
+    elapsed: jax.Array | None = None  # algorithm time Σ h (data-misfit controller)
+    terminated: jax.Array | None = None  # the controller reached terminate_at: no more updates
+    step: jax.Array | None = None  # h of the last update
+    prior_mean: jax.Array | None = None  # (P,) the initial ensemble's mean (TEKI)
+    prior_std: jax.Array | None = None  # (P,) its per-coordinate std (TEKI, additive inflation)
+
+
+def _kind(obj: Any, allowed: tuple[type, ...], what: str) -> Any:
+    if not isinstance(obj, allowed):
+        names = ", ".join(t.__name__ for t in allowed)
+        raise kalman.StrategyError(f"{what} must be one of {names}; got {type(obj).__name__}")
+    return obj
 
 
 class EnsembleKalmanFilter(Optimizer):
@@ -64,7 +108,9 @@ class EnsembleKalmanFilter(Optimizer):
     def __init__(self, space: Space | Optimizee, pop_size: int = 100, *, sequential: bool = False,
                  outputs_per_sample: int | None = None, stochastic: bool = False,
                  noise_cov: Any = None, form: str = "auto", init_std: float | None = None,
-                 step_schedule: Callable[[jax.Array], jax.Array] | None = None):
+                 step_schedule: Callable[[jax.Array], jax.Array] | None = None,
+                 process: Any = None, scheduler: Any = None, accelerator: Any = None, localizer: Any = None,
+                 additive_cov: str = "prior"):
         super().__init__(space, pop_size)
         if self.pop_size < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got pop_size={pop_size}")
@@ -79,18 +125,79 @@ class EnsembleKalmanFilter(Optimizer):
         self.noise_cov = None
         if noise_cov is not None:
             cov = np.asarray(noise_cov, np.float64)
-            if cov.ndim != 2 or cov.shape[0] != cov.shape[1] or not np.all(np.isfinite(cov)):
-                raise ValueError(f"noise_cov must be a finite square matrix, got shape {cov.shape}")
-            if not np.allclose(cov, cov.T) or np.linalg.eigvalsh(cov).min() <= 0:
-                raise ValueError("noise_cov must be symmetric positive definite")
+            if cov.ndim not in (1, 2) or (cov.ndim == 2 and cov.shape[0] != cov.shape[1]):
+                raise kalman.NoiseCovarianceError(f"noise_cov must be a square matrix or a vector of variances, "
+                                                  f"got shape {cov.shape}")
+            kalman.check_noise(cov, cov.shape[0])
             self.noise_cov = cov
         self.sequential, self.stochastic, self.form, self.init_std = sequential, stochastic, form, init_std
         self.step_schedule = step_schedule
+        # None: plain EKI with the fixed step, no momentum, no localization (L2L's EnKF)
+        process = kalman.Inversion() if process is None else process
+        self.process = _kind(process, _PROCESSES, "process")
+        self.scheduler = _kind(kalman.FixedStep() if scheduler is None else scheduler, _SCHEDULERS, "scheduler")
+        self.accelerator = _kind(kalman.NoAcceleration() if accelerator is None else accelerator, _ACCELERATORS,
+                                 "accelerator")
+        self.localizer = None if localizer is None else _kind(localizer, _LOCALIZERS, "localizer")
+        if additive_cov not in ("prior", "ensemble"):
+            raise ValueError(f"additive_cov must be 'prior' or 'ensemble', got {additive_cov!r}")
+        self.additive_cov = additive_cov
+        eki = isinstance(process, kalman.Inversion)
+        if localizer is not None and not eki:
+            raise kalman.StrategyError(f"localization applies to Inversion() only, not {type(process).__name__}: "
+                                       "ETKI and TEKI use the ensemble form, which has no explicit C_up to localize")
+        if localizer is not None and form == "ensemble":
+            raise kalman.StrategyError("localization needs the observation form; use form='observation' or 'auto'")
+        if sequential and not eki:
+            raise kalman.StrategyError(f"{type(process).__name__} has no sample-sequential form; use sequential=False")
+        if stochastic and isinstance(process, kalman.TransformInversion):
+            raise kalman.StrategyError("TransformInversion (ETKI) is deterministic; drop stochastic=True")
+        if isinstance(process, kalman.TikhonovInversion) and self.noise_cov is not None and self.noise_cov.ndim == 2:
+            raise kalman.StrategyError("TikhonovInversion needs a scalar or diagonal noise (the augmented Γ has "
+                                       "M + P rows); pass noise_cov as a vector of variances")
+
+    @property
+    def default_params(self) -> EnsembleKalmanParams:
+        return EnsembleKalmanParams(noise_cov=self.noise_cov, process=self.process, scheduler=self.scheduler,
+                                    accelerator=self.accelerator, localizer=self.localizer)
 
     def _check_params(self, params: EnsembleKalmanParams) -> None:
-        check_range(params, "gamma", 0.0, float("inf"), lo_open=True, owner=self.name)
-        check_range(params, "step_size", 0.0, float("inf"), lo_open=True, owner=self.name)
-        check_range(params, "inflation", 0.0, float("inf"), lo_open=True, owner=self.name)
+        for name in ("gamma", "step_size", "inflation"):
+            check_range(params, name, 0.0, float("inf"), lo_open=True, owner=self.name)
+        check_range(params, "additive_inflation", 0.0, 1.0, hi_open=True, owner=self.name)
+        if (isinstance(self.scheduler, kalman.FixedStep) and is_concrete(params.additive_inflation, params.step_size)
+                and np.any(np.asarray(params.additive_inflation) * np.asarray(params.step_size) >= 1)):
+            raise kalman.StrategyError(f"{self.name}: additive inflation needs additive_inflation·step_size < 1")
+        for field, mine in (("process", self.process), ("scheduler", self.scheduler),
+                            ("accelerator", self.accelerator), ("localizer", self.localizer)):
+            given = getattr(params, field)
+            if type(given) is not type(mine):
+                raise kalman.StrategyError(f"{self.name}: params.{field} is a {type(given).__name__}, but this "
+                                           f"optimizer was built with {type(mine).__name__}; strategies are static")
+        if (params.noise_cov is None) != (self.noise_cov is None) or (
+                params.noise_cov is not None and np.shape(params.noise_cov) != self.noise_cov.shape):
+            shape = None if self.noise_cov is None else self.noise_cov.shape
+            raise kalman.NoiseCovarianceError(f"{self.name}: params.noise_cov must have the structure given to the "
+                                              f"constructor ({shape})")
+        if params.noise_cov is not None:
+            kalman.check_noise(params.noise_cov, np.shape(params.noise_cov)[0])
+        owner = self.name
+        if isinstance(self.scheduler, kalman.DataMisfitController):
+            check_range(params.scheduler, "terminate_at", 0.0, float("inf"), lo_open=True, owner=owner)
+        if isinstance(self.process, kalman.TikhonovInversion):
+            check_range(params.process, "prior_std", 0.0, float("inf"), lo_open=True, owner=owner)
+        if isinstance(self.accelerator, kalman.ConstantNesterovAccelerator):
+            check_range(params.accelerator, "momentum", 0.0, 1.0, hi_open=True, owner=owner)
+        if isinstance(self.accelerator, kalman.FirstOrderNesterovAccelerator):
+            check_range(params.accelerator, "r", 0.0, float("inf"), lo_open=True, owner=owner)
+        if isinstance(self.localizer, kalman.SEC):
+            check_range(params.localizer, "alpha", 0.0, float("inf"), owner=owner)
+            check_range(params.localizer, "cutoff", 0.0, 1.0, hi_open=True, owner=owner)
+        if isinstance(self.localizer, kalman.SECNice):
+            check_range(params.localizer, "delta_up", 0.0, float("inf"), owner=owner)
+            check_range(params.localizer, "delta_pp", 0.0, float("inf"), owner=owner)
+        if isinstance(self.localizer, kalman.BernoulliDropout):
+            check_range(params.localizer, "keep", 0.0, 1.0, lo_open=True, owner=owner)
 
     def init(self, key: jax.Array, params: Any = None, x0: Any = None) -> OptState:
         """Fresh ensemble: ``pop_size`` draws of the optimizee's sampler, or N(x0, init_std²) with ``init_std``."""
@@ -99,17 +206,75 @@ class EnsembleKalmanFilter(Optimizer):
                              "without it the members are draws of the optimizee's sampler")
         return super().init(key, params, x0)
 
+    @property
+    def _accelerated(self) -> bool:
+        return not isinstance(self.accelerator, kalman.NoAcceleration)
+
     def _init(self, key: jax.Array, x0: jax.Array, params: EnsembleKalmanParams) -> EnsembleKalmanState:
         k_members, k_state = jax.random.split(key)
         if self.init_std is None:
             ensemble = jax.vmap(self.space.sample)(jax.random.split(k_members, self.pop_size))
         else:
             ensemble = x0 + self.init_std * jax.random.normal(k_members, (self.pop_size, x0.shape[0]), x0.dtype)
-        return EnsembleKalmanState(self.space.clip(ensemble.astype(x0.dtype)), jnp.array(jnp.nan, x0.dtype),
-                                   jnp.array(0, jnp.int32), k_state)
+        ensemble = self.space.clip(ensemble.astype(x0.dtype))
+        teki = isinstance(self.process, kalman.TikhonovInversion)
+        prior_mean = None
+        if teki:
+            prior_mean = (jnp.mean(ensemble, 0) if self.process.prior_mean is None
+                          else jnp.full(x0.shape, self.process.prior_mean, x0.dtype))
+        zero = jnp.zeros((), x0.dtype)
+        return EnsembleKalmanState(
+            ensemble, jnp.array(jnp.nan, x0.dtype), jnp.array(0, jnp.int32), k_state,
+            previous=ensemble if self._accelerated else None, theta=jnp.ones((), x0.dtype), elapsed=zero,
+            terminated=jnp.array(False), step=zero, prior_mean=prior_mean,
+            prior_std=jnp.std(ensemble, 0) if self.additive_cov == "prior" else None)
 
     def _ask(self, key: jax.Array, inner: EnsembleKalmanState, params: EnsembleKalmanParams) -> jax.Array:
         return inner.ensemble
+
+    def _step_size(self, inner: EnsembleKalmanState, params: EnsembleKalmanParams, outputs: jax.Array,
+                   targets: jax.Array, noise: Any, valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(h, new elapsed time, terminated before this update)."""
+        dtype = outputs.dtype
+        if isinstance(self.scheduler, kalman.FixedStep):
+            h = jnp.asarray(params.step_size, dtype)
+            if self.step_schedule is not None:
+                h = h * jnp.asarray(self.step_schedule(inner.iteration), dtype)
+            return h, inner.elapsed, jnp.array(False)
+        if self.sequential:  # Φ_j sums the per-sample potentials (Γ block diagonal)
+            k, J = self.outputs_per_sample, outputs.shape[0]
+            per_sample = kalman.misfit_potential(outputs.reshape(-1, k), jnp.tile(targets.reshape(-1, k), (J, 1)),
+                                                 noise)
+            phi = per_sample.reshape(J, -1).sum(1)
+        else:
+            phi = kalman.misfit_potential(outputs, targets, noise)
+        phi = jnp.where(valid, phi, jnp.nan)
+        q, capped = kalman.strategies._dmc(phi, outputs.shape[1], inner.elapsed.astype(dtype),
+                                           jnp.asarray(params.scheduler.terminate_at, dtype))
+        done = inner.elapsed >= params.scheduler.terminate_at
+        h = jnp.where(done & (self.scheduler.on_terminate == "continue"), q, capped)
+        h = jnp.where(jnp.isfinite(h) & (h > 0), h, 0.0)
+        return h, (inner.elapsed + h).astype(dtype), done & (self.scheduler.on_terminate == "stop")
+
+    def _update(self, key: jax.Array, prior: jax.Array, outputs: jax.Array, targets: jax.Array, noise: Any,
+                step: jax.Array, valid: jax.Array, inner: EnsembleKalmanState,
+                params: EnsembleKalmanParams) -> jax.Array:
+        if isinstance(self.process, kalman.TransformInversion):
+            return kalman.etki_update(key, prior, outputs, targets, noise, step_size=step, valid=valid)
+        if isinstance(self.process, kalman.TikhonovInversion):
+            outputs, targets, noise = kalman.tikhonov_augment(prior, outputs, targets, noise,
+                                                              params.process.prior_std, inner.prior_mean)
+        if self.sequential:
+            k = self.outputs_per_sample
+            n = prior.shape[0]
+            if outputs.shape[1] % k:
+                raise ValueError(f"the optimizee returns {outputs.shape[1]} outputs per member, not a multiple of "
+                                 f"outputs_per_sample={k}")
+            return kalman.eki_update_sequential(
+                key, prior, outputs.reshape(n, -1, k), targets.reshape(-1, k), noise, stochastic=self.stochastic,
+                step_size=step, form=self.form, valid=valid, localizer=params.localizer)
+        return kalman.eki_update(key, prior, outputs, targets, noise, stochastic=self.stochastic, step_size=step,
+                                 form=self.form, valid=valid, localizer=params.localizer)
 
     def _tell(self, inner: EnsembleKalmanState, population: jax.Array, evaluation: Evaluation,
               params: EnsembleKalmanParams) -> EnsembleKalmanState:
@@ -120,36 +285,71 @@ class EnsembleKalmanFilter(Optimizer):
         outputs = evaluation.outputs.astype(population.dtype)
         targets = evaluation.targets.astype(population.dtype)
         valid = jnp.isfinite(evaluation.score)
-        noise = params.gamma if self.noise_cov is None else jnp.asarray(self.noise_cov, population.dtype)
+        noise = params.gamma if params.noise_cov is None else jnp.asarray(params.noise_cov, population.dtype)
+        h, elapsed, stopped = self._step_size(inner, params, outputs, targets, noise, valid)
+        moves = ~stopped & (h > 0)
         prior = kalman.inflate(population, params.inflation)
-        step_size = params.step_size
-        if self.step_schedule is not None:
-            step_size = step_size * jnp.asarray(self.step_schedule(inner.iteration), population.dtype)
-        if self.sequential:
-            k = self.outputs_per_sample
-            n = population.shape[0]
-            if outputs.shape[1] % k:
-                raise ValueError(f"the optimizee returns {outputs.shape[1]} outputs per member, not a multiple of "
-                                 f"outputs_per_sample={k}")
-            ensemble = kalman.eki_update_sequential(
-                k_update, prior, outputs.reshape(n, -1, k), targets.reshape(-1, k), noise,
-                stochastic=self.stochastic, step_size=step_size, form=self.form, valid=valid)
+        updated = self._update(k_update, prior, outputs, targets, noise, jnp.where(moves, h, 1.0), valid, inner,
+                               params)
+        theta, previous = inner.theta, inner.previous
+        if self._accelerated:
+            lam, new_theta = params.accelerator.coefficient(inner.iteration + 1, inner.theta)
+            ensemble = kalman.accelerate(updated, inner.previous, lam.astype(updated.dtype))
+            previous = jnp.where(moves, updated, inner.previous)
+            theta = jnp.where(moves, new_theta, inner.theta)
         else:
-            ensemble = kalman.eki_update(k_update, prior, outputs, targets, noise, stochastic=self.stochastic,
-                                         step_size=step_size, form=self.form, valid=valid)
+            ensemble = updated
+        ensemble = jax.lax.cond(
+            params.additive_inflation > 0,
+            lambda U: kalman.additive_inflation(jax.random.fold_in(k_update, 7), U, params.additive_inflation,
+                                                step_size=h, std=inner.prior_std),
+            lambda U: U, ensemble)
+        ensemble = jnp.where(moves, self.space.clip(ensemble), population)
         finite_outputs = jnp.where(valid[:, None], outputs, 0.0)
         mean_output = jnp.sum(finite_outputs, 0) / jnp.maximum(jnp.sum(valid), 1)
-        misfit = jnp.mean(jnp.square(mean_output - targets)).astype(population.dtype)
-        return EnsembleKalmanState(self.space.clip(ensemble), misfit, inner.iteration + 1, key)
+        dtype = population.dtype
+        misfit = jnp.mean(jnp.square(mean_output - targets)).astype(dtype)
+        return inner._replace(ensemble=ensemble, misfit=misfit, iteration=inner.iteration + moves.astype(jnp.int32),
+                              key=key, previous=previous, theta=theta.astype(dtype), elapsed=elapsed.astype(dtype),
+                              terminated=inner.terminated | stopped, step=jnp.where(moves, h, 0.0).astype(dtype))
+
+    def mean_flat(self, state: OptState) -> jax.Array:
+        """The (P,) ensemble mean of the latest plain update (with momentum: u_n, not the extrapolated v_n)."""
+        inner = state.inner
+        return jnp.mean(inner.previous if self._accelerated else inner.ensemble, axis=0)
 
     def ensemble_mean(self, state: OptState) -> Any:
         """The ensemble-mean individual (pytree): the model LOD evaluates."""
-        return self.space.unravel(jnp.mean(state.inner.ensemble, axis=0))
+        return self.space.unravel(self.mean_flat(state))
 
     def diagnostics(self, state: OptState) -> dict[str, jax.Array]:
-        return {"misfit": state.inner.misfit, "spread": kalman.ensemble_spread(state.inner.ensemble)}
+        inner = state.inner
+        return {"misfit": inner.misfit, "spread": kalman.ensemble_spread(inner.ensemble), "step": inner.step,
+                "elapsed": inner.elapsed, "terminated": inner.terminated}
+
+    def stop_when_terminated(self, log: Callable[[str], Any] = print) -> Callable[[Any, OptState], bool]:
+        """A ``run`` callback that ends the run once the data-misfit controller has terminated.
+
+        It reports why through ``log``; with a fixed step it never stops anything.
+        """
+        reported = []
+
+        def callback(record: Any, state: OptState) -> bool:
+            done = bool(is_concrete(state.inner.terminated) and state.inner.terminated)
+            if done and not reported:
+                reported.append(True)
+                log(f"{self.name}: stopped after {int(state.inner.iteration)} updates: the data-misfit "
+                    f"controller's algorithm time reached terminate_at={float(state.params.scheduler.terminate_at):g} "
+                    f"(Σh = {float(state.inner.elapsed):.4g}); further updates would go past the posterior time")
+            return done
+
+        return callback
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "sequential": self.sequential, "outputs_per_sample": self.outputs_per_sample,
                 "stochastic": self.stochastic, "form": self.form, "init_std": self.init_std,
-                "noise_cov": None if self.noise_cov is None else self.noise_cov.shape}
+                "noise_cov": None if self.noise_cov is None else self.noise_cov.shape,
+                "process": type(self.process).__name__, "scheduler": type(self.scheduler).__name__,
+                "accelerator": type(self.accelerator).__name__,
+                "localizer": None if self.localizer is None else type(self.localizer).__name__,
+                "additive_cov": self.additive_cov}
