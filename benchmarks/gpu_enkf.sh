@@ -7,7 +7,7 @@
 # and the full LOD protocol run (J = 5000, 7,500 iterations, test accuracy every 500); if that run
 # outlives LOD_SECONDS (default 240), call again with the tests and speed steps skipped:
 #   SKIP_CHECKS=1 bash benchmarks/gpu_enkf.sh   (it resumes from its checkpoint).
-# Then the best CPU strategy of issue #11 (RESULTS §9: each batch used once, --repetitions 1), J = 5000,
+# Then the best CPU strategy of issue #11 (RESULTS §11: each batch used once, --repetitions 1), J = 5000,
 # test accuracy every 250 iterations and its wall clock, for the stretch goal (>= 98 % in <= 60 s):
 #   SKIP_CHECKS=1 SKIP_LOD=1 bash benchmarks/gpu_enkf.sh   (BEST_SECONDS, default 300)
 set -uo pipefail

@@ -143,7 +143,7 @@ def check_mnist_args(args: argparse.Namespace) -> None:
     if args.full:
         args.members, args.iterations = 5000, 7500
     # --full is LOD's protocol (each batch 8 times, plain EKI); the CPU-size defaults are what
-    # learned fastest per forward pass at J = 500 (RESULTS §9): each batch once, additive inflation.
+    # learned fastest per forward pass at J = 500 (RESULTS §11): each batch once, additive inflation.
     if args.repetitions is None:
         args.repetitions = 8 if args.full else 1
     if args.additive_inflation is None:
