@@ -362,15 +362,7 @@ def choose_parallel(name: str):
     """The ``--parallel`` choice as an ``l2ljax.parallel`` scheme (None: plain jit on one device)."""
     from l2ljax import parallel
 
-    if name in ("auto", "mpi"):
-        parallel.bind_local_gpu()  # before JAX touches a device: one GPU per rank of a node
-    if name == "auto":
-        return parallel.auto()
-    if name == "devices":
-        return parallel.Devices()
-    if name == "mpi":
-        return parallel.MPI()
-    return None
+    return parallel.by_name(name)
 
 
 QUICK_FUNCTIONS = ("rastrigin", "rosenbrock", "ackley", "easom")

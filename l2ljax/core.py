@@ -136,6 +136,11 @@ class Space:
         if bad.size:
             i = int(bad[0])
             raise ValueError(f"bounds with lower > upper at flat index {i}: {lo[i]} > {hi[i]}")
+        empty = np.flatnonzero((lo == np.inf) | (hi == -np.inf))
+        if empty.size:
+            i = int(empty[0])
+            raise ValueError(f"bounds at flat index {i} admit no value (lower {lo[i]}, upper {hi[i]}): use -inf/inf "
+                             "for an unbounded coordinate, or finite bounds")
         if sample is not None:
             def sample_flat(key: Array) -> Array:
                 return ravel_pytree(sample(key))[0].astype(flat.dtype)
@@ -218,6 +223,8 @@ def make_evaluation(
 ) -> Evaluation:
     """Weight raw fitness into the score optimizers maximise; non-finite rows score -inf."""
     fitness = jnp.asarray(fitness)
+    if jnp.iscomplexobj(fitness):
+        raise TypeError(f"fitness is complex ({fitness.dtype}): return real numbers (e.g. the .real part or the abs)")
     if fitness.ndim == 1:
         fitness = fitness[:, None]
     weights = jnp.asarray(weights, fitness.dtype if jnp.issubdtype(fitness.dtype, jnp.floating) else jnp.float32)

@@ -386,9 +386,31 @@ def _world_clone(mpi: Any) -> Any:
 Parallel = Devices | MPI
 
 
-def coordinator(parallel: Coordinator | None) -> Coordinator:
-    """The coordinator of a run: ``parallel`` itself, or ``SingleProcess()`` for ``None``."""
-    return SingleProcess() if parallel is None else parallel
+NAMES = ("auto", "none", "devices", "mpi")
+
+
+def coordinator(parallel: Coordinator | str | None) -> Coordinator:
+    """The coordinator of a run: ``parallel`` itself, a scheme by name (``"auto"``, ``"none"``,
+    ``"devices"``, ``"mpi"``), or ``SingleProcess()`` for ``None``."""
+    if isinstance(parallel, str):
+        parallel = by_name(parallel)
+    if parallel is None:
+        return SingleProcess()
+    missing = [name for name in ("is_writer", "map_rows", "settle", "agree") if not hasattr(parallel, name)]
+    if missing:
+        raise TypeError(f"parallel must be None, one of {NAMES} or an l2ljax.parallel scheme (Devices(), MPI()), "
+                        f"got {parallel!r}")
+    return parallel
+
+
+def by_name(name: str) -> Parallel | None:
+    """``"auto"``: :func:`auto`; ``"none"``: None; ``"devices"``: :class:`Devices`; ``"mpi"``: :class:`MPI`
+    (binding each rank to its local GPU first)."""
+    if name not in NAMES:
+        raise ValueError(f"parallel={name!r}: valid names are {', '.join(NAMES)}")
+    if name in ("auto", "mpi"):
+        bind_local_gpu()  # before JAX touches a device: one GPU per rank of a node
+    return {"auto": auto, "none": lambda: None, "devices": Devices, "mpi": MPI}[name]()
 
 
 def auto() -> Parallel | None:

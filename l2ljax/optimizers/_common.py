@@ -120,4 +120,9 @@ def initial_sigma(space: Space, sigma: Any, owner: str) -> np.ndarray:
         raise ValueError(f"{owner}: sigma must be a scalar or have {space.dim} entries, got shape {value.shape}")
     if not np.all(np.isfinite(value)) or np.any(value <= 0):
         raise ValueError(f"{owner}: sigma must be finite and positive, got {sigma}")
+    largest = float(np.sqrt(np.finfo(space.dtype).max / space.dim))
+    if np.any(value > largest):
+        raise ValueError(f"{owner}: sigma {sigma} is so large that the covariance overflows "
+                         f"{np.dtype(space.dtype).name} (largest usable: {largest:.3g}); on a bounded space leave "
+                         "sigma=None")
     return np.broadcast_to(value.ravel(), (space.dim,)).copy()

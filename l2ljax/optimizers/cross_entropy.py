@@ -159,8 +159,8 @@ class CrossEntropy(Optimizer):
                  init_std: float | None = None):
         super().__init__(space, pop_size)
         self.distribution = Gaussian() if distribution is None else distribution
-        if init_std is not None and not init_std > 0:
-            raise ValueError(f"init_std must be positive, got {init_std}")
+        if init_std is not None and not (np.isfinite(init_std) and init_std > 0):
+            raise ValueError(f"init_std must be finite and positive, got {init_std}")
         self.init_std = init_std
 
     def _check_params(self, params: CrossEntropyParams) -> None:

@@ -120,8 +120,8 @@ class EnsembleKalmanFilter(Optimizer):
             self.outputs_per_sample = outputs_per_sample
         if form not in ("auto", "ensemble", "observation"):
             raise ValueError(f"form must be 'auto', 'ensemble' or 'observation', got {form!r}")
-        if init_std is not None and not init_std > 0:
-            raise ValueError(f"init_std must be positive, got {init_std}")
+        if init_std is not None and not (np.isfinite(init_std) and init_std > 0):
+            raise ValueError(f"init_std must be finite and positive, got {init_std}")
         self.noise_cov = None
         if noise_cov is not None:
             cov = np.asarray(noise_cov, np.float64)

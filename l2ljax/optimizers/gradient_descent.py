@@ -57,6 +57,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -149,6 +150,9 @@ def l2l_variant(name: str, seed: int = 0, **l2l_params: float) -> optax.Gradient
     if missing:
         raise ValueError(f"{variant} needs {missing}")
     p = {key: float(value) for key, value in l2l_params.items()}
+    for name, value in p.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{variant}: {name} must be finite, got {value}")
     if not p["learning_rate"] > 0:
         raise ValueError(f"{variant}: learning_rate must be positive, got {p['learning_rate']}")
     for key in ("momentum_decay", "first_order_decay", "second_order_decay"):
