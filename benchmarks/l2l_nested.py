@@ -41,7 +41,7 @@ def main() -> None:
     x_test = data.normalize(m.test_images).reshape(len(m.test_images), -1)
     y_test = m.test_labels.astype(np.int32)
     nested = NestedEnKF(Mlp(hidden=(10,)), train=(x[:50000], y[:50000]), validation=(x[50000:], y[50000:]),
-                        n_batches=args.batches, batch_size=32, init_std=1.0)
+                        n_batches=args.batches, batch_size=32, init_std=0.1)
     problem = nested.optimizee(jax.random.key(0))
     opt = l2ljax.GeneticAlgorithm(problem, pop_size=args.pop)
     params = opt.default_params.replace(ind_prob=0.5, mut_par=0.5)
@@ -61,7 +61,7 @@ def main() -> None:
     population = opt.ask_flat(jax.random.key(5), result.state)
     speed = vmapped_vs_loop(problem, population, generation=args.generations)
     report = {"machine": machine_info(), "model": "L2L MNIST MLP 784-10-10 sigmoid, no biases (7,940 weights)",
-              "inner": f"EKI, {args.batches} batches of 32, init N(0, 1), J_max 30 masked, repetitions_max 3",
+              "inner": f"EKI, {args.batches} batches of 32, init N(0, 0.1²), J_max 30 masked, repetitions_max 3",
               "outer": f"GA pop {args.pop} x {args.generations} generations", "search_seconds": search_s,
               "tuned": {"gamma": gamma, "ensemble_size": size, "repetitions": reps},
               "reference": dict(zip(("gamma", "ensemble_size", "repetitions"), REFERENCE, strict=True)),

@@ -12,7 +12,7 @@ from l2ljax.core import Optimizee
 
 def vmapped_vs_loop(problem: Optimizee, flat: jax.Array, generation: int = 0, repeats: int = 3) -> dict:
     """Seconds per generation both ways, interleaved ``repeats`` times after a warm-up (compile) of each;
-    checks that both give the same fitness."""
+    checks that both give the same fitness (to 5 validation images in 10,000)."""
     batch, _ = problem.data(jax.numpy.asarray(generation))
     keys = jax.random.split(jax.random.key(0), flat.shape[0])
     vmapped = jax.jit(lambda f: jax.vmap(problem.fn, in_axes=(0, 0, None))(problem.space.to_pytree(f), keys,
@@ -23,7 +23,8 @@ def vmapped_vs_loop(problem: Optimizee, flat: jax.Array, generation: int = 0, re
         return np.array([float(one(flat[i], keys[i])) for i in range(flat.shape[0])])
 
     a, b = np.asarray(vmapped(flat)), loop()  # warm-up: compile both
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
+    # same trainings; vmapped and single matmuls round differently, which can flip an image or two
+    np.testing.assert_allclose(a, b, atol=5e-4, equal_nan=True)
     t_vmap, t_loop = [], []
     for _ in range(repeats):
         start = time.perf_counter()

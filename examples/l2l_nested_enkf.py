@@ -19,7 +19,7 @@ m = data.load_mnist("/work/shared/data/mnist")
 x = data.normalize(m.train_images).reshape(len(m.train_images), -1)
 y = m.train_labels.astype(np.int32)
 nested = NestedEnKF(Mlp(hidden=(10,)), train=(x[:50000], y[:50000]), validation=(x[50000:], y[50000:]),
-                    n_batches=50, batch_size=32, init_std=1.0)
+                    n_batches=50, batch_size=32, init_std=0.1)
 problem = nested.optimizee(jax.random.key(0))
 opt = l2ljax.GeneticAlgorithm(problem, pop_size=8)
 result = l2ljax.run(opt, problem, jax.random.key(1), 6, params=opt.default_params.replace(ind_prob=0.5, mut_par=0.5),

@@ -10,9 +10,9 @@ import optax
 import pytest
 
 import l2ljax
-from l2ljax import data
+from l2ljax import data, kalman
 from l2ljax.models import Mlp
-from l2ljax.optimizees.inner import Hyperparameter, InnerTraining, NestedEnKF
+from l2ljax.optimizees.inner import Hyperparameter, InnerTraining, NestedEnKF, masked_eki_update
 
 MNIST_DIR = Path(os.environ.get("L2LJAX_MNIST_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
 needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"MNIST not found at {MNIST_DIR}")
@@ -73,7 +73,7 @@ def test_a_vmapped_generation_equals_one_training_per_individual_and_nan_is_neve
     for i in range(2):
         ind = jax.tree_util.tree_map(lambda a, i=i: a[i], pop)
         assert float(evaluation.fitness[i, 0]) == pytest.approx(float(one(ind, jax.random.fold_in(
-            jax.random.key(0), 0))), abs=1e-6)
+            jax.random.key(0), 0))), abs=2.5e-3)  # vmapped vs single matmuls round apart: <= 1 of 500 images
     assert float(evaluation.fitness[0, 0]) > 0.7  # a good setting learns in 40 steps
     assert np.isnan(float(evaluation.fitness[2, 0])) and float(evaluation.score[2]) == -np.inf
     opt = l2ljax.CrossEntropy(problem, pop_size=3)
@@ -158,5 +158,17 @@ def test_nested_population_runs_in_one_vmapped_program_and_learns(mnist_small):
     for i in range(3):
         ind = jax.tree_util.tree_map(lambda a, i=i: a[i], pop)
         assert float(evaluation.fitness[i, 0]) == pytest.approx(
-            float(one(ind, jax.random.fold_in(jax.random.key(0), 0))), abs=1e-6)
+            float(one(ind, jax.random.fold_in(jax.random.key(0), 0))), abs=2.5e-3)  # <= 1 of 500 images
     assert float(evaluation.fitness[:, 0].max()) > 0.15
+
+
+def test_the_masked_update_is_the_library_update_of_the_valid_members():
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    U = jax.random.normal(k1, (12, 7))
+    G = jnp.tanh(U @ jax.random.normal(k2, (7, 20)))
+    y = jax.random.normal(k3, (20,))
+    valid = jnp.arange(12) < 8
+    ours = masked_eki_update(U, G, y, jnp.float32(0.05), valid)
+    ref = kalman.eki_update(jax.random.key(1), U[:8], G[:8], y, 0.05)
+    np.testing.assert_allclose(np.asarray(ours[:8]), np.asarray(ref), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(ours[8:]), np.asarray(U[8:]))  # padding is carried, not moved

@@ -19,13 +19,14 @@ Hyperparameters with ``log=True`` are searched as log10 of the value.
 Kalman inversion (Iglesias, Law & Stuart 2013; :func:`l2ljax.kalman.eki_update`) of an MLP on
 MNIST minibatches, each batch assimilated ``repetitions`` times in a row. Different J would give
 different array shapes; every individual instead runs ``J_max`` members of which the first J are
-*valid* (the ``valid`` mask of ``eki_update``: masked members get weight 0 in every mean and
-covariance, so the update equals the J-member one) and ``repetitions_max`` updates per batch of
-which the first ``repetitions`` are applied (``where``). Shapes are then identical for the whole
-population, so one ``vmap`` runs them all; the price is computing J_max members and 3 repetitions
-for everyone (at most 30/9 × 3 = 10× the cheapest setting's work), which beats one compilation
-and one sequential run per distinct setting. Fitness: validation accuracy of the mean of the
-valid members; the test split is never seen by either loop.
+*valid* (:func:`masked_eki_update`: masked members get weight 0 in every mean and covariance,
+so the update equals :func:`l2ljax.kalman.eki_update` of the J-member ensemble) and
+``repetitions_max`` updates per batch of which the first ``repetitions`` are applied (``where``).
+Shapes are then identical for the whole population, so one ``vmap`` runs them all; the price is
+computing J_max members and 3 repetitions for everyone (at most 30/9 × 3 = 10× the cheapest
+setting's work), against one compilation and one sequential run per distinct setting otherwise
+(a GA proposes new (J, repetitions) pairs every generation). Fitness: validation accuracy of the
+mean of the valid members; the test split is never seen by either loop.
 
 Example::
 
@@ -52,12 +53,11 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from l2ljax import kalman
 from l2ljax.core import Optimizee, check_positive_int
 
 Array = jax.Array
 
-__all__ = ["Hyperparameter", "InnerTraining", "NestedEnKF"]
+__all__ = ["Hyperparameter", "InnerTraining", "NestedEnKF", "masked_eki_update"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +98,24 @@ def _space_of(hyperparameters: dict[str, Hyperparameter]) -> tuple[dict, dict, d
     lower = {n: h.search_bounds[0] for n, h in hyperparameters.items()}
     upper = {n: h.search_bounds[1] for n, h in hyperparameters.items()}
     return template, lower, upper
+
+
+def masked_eki_update(U: Array, G: Array, y: Array, gamma: Array, valid: Array) -> Array:
+    """Deterministic EKI step (Γ = γ I, ensemble-space form) over the ``valid`` members only.
+
+    Equals :func:`l2ljax.kalman.eki_update` on the sub-ensemble ``U[valid]`` (tested); masked rows get
+    weight 0 in every mean and covariance and are carried along unchanged. Unlike ``eki_update`` it
+    does not resample the masked members (they are padding, not failures), which would otherwise
+    draw J_max × P normals per update for nothing.
+    """
+    w = valid.astype(U.dtype)[:, None]
+    n = jnp.sum(w)
+    A = w * (G - jnp.sum(w * G, 0) / n) / jnp.sqrt(n * gamma)  # whitened output anomalies B (J, M)
+    E = w * (U - jnp.sum(w * U, 0) / n) / jnp.sqrt(n)  # parameter anomalies (J, P)
+    D = (y - G) / jnp.sqrt(gamma)  # whitened innovations (J, M)
+    system = jnp.eye(U.shape[0], dtype=U.dtype) + A @ A.T
+    coefficients = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(system), A @ D.T).T  # D Bᵀ (I + BBᵀ)⁻¹
+    return U + w * (coefficients @ E)
 
 
 def _check_split(split: tuple[Any, Any], name: str) -> tuple[Array, Array]:
@@ -274,26 +292,23 @@ class NestedEnKF:
         x, y = self.train
         j_max, r_max = self.ensemble[1], self.repetitions[1]
         valid = jnp.arange(j_max) < size
-        k_init, k_batches, k_update = jax.random.split(key, 3)
+        k_init, k_batches = jax.random.split(key)
         # member j from fold_in(k_init, j): the first J members do not depend on J_max
         ensemble = self.init_std * jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(k_init, j), (dim,)))(
             jnp.arange(j_max))
 
-        def batch_step(U: Array, inputs: tuple[Array, Array]) -> tuple[Array, None]:
-            k_batch, k_upd = inputs
+        def batch_step(U: Array, k_batch: Array) -> tuple[Array, None]:
             idx = jax.random.randint(k_batch, (self.batch_size,), 0, x.shape[0])
             targets = jax.nn.one_hot(y[idx], 10).ravel()
 
             def repetition(U: Array, r: Array) -> tuple[Array, None]:
                 G = jax.vmap(forward, in_axes=(0, None))(U, x[idx]).reshape(j_max, -1)
-                new = kalman.eki_update(jax.random.fold_in(k_upd, r), U, G, targets, gamma, valid=valid)
-                return jnp.where(r < reps, new, U), None
+                return jnp.where(r < reps, masked_eki_update(U, G, targets, gamma, valid), U), None
 
             U, _ = jax.lax.scan(repetition, U, jnp.arange(r_max))
             return U, None
 
-        keys = (jax.random.split(k_batches, self.n_batches), jax.random.split(k_update, self.n_batches))
-        ensemble, _ = jax.lax.scan(batch_step, ensemble, keys)
+        ensemble, _ = jax.lax.scan(batch_step, ensemble, jax.random.split(k_batches, self.n_batches))
         mean = jnp.sum(jnp.where(valid[:, None], ensemble, 0.0), 0) / size
         return mean, valid
 
