@@ -17,7 +17,7 @@ import optax
 
 import l2ljax
 from benchmarks.common import machine_info, write_report
-from benchmarks.l2l_timing import vmapped_vs_loop
+from benchmarks.l2l_timing import generation_times
 from l2ljax import data
 from l2ljax.models import Mlp
 from l2ljax.optimizees.inner import Hyperparameter, InnerTraining
@@ -67,7 +67,9 @@ def main() -> None:
     acc_tuned, acc_base = test_accuracy(hpo, tuned), test_accuracy(hpo, BASELINE)
     acc_adam = test_accuracy(adam, {"init_scale": 1.0})
     population = opt.ask_flat(jax.random.key(5), result.state)
-    speed = vmapped_vs_loop(problem, population, generation=args.generations)
+    speed = generation_times({"vmapped": problem, "chunks of 2": hpo.optimizee(jax.random.key(0), chunk=2),
+                              "chunks of 1": hpo.optimizee(jax.random.key(0), chunk=1)},
+                             population, generation=args.generations)
     report = {"machine": machine_info(), "model": "MLP 784-64-10 (sigmoid, biases)", "steps": args.steps,
               "batch": 64, "outer": f"CMA-ES pop {args.pop} x {args.generations} generations",
               "search_seconds": search_s, "tuned": tuned, "baseline": BASELINE,

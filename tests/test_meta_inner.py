@@ -160,6 +160,11 @@ def test_nested_population_runs_in_one_vmapped_program_and_learns(mnist_small):
         assert float(evaluation.fitness[i, 0]) == pytest.approx(
             float(one(ind, jax.random.fold_in(jax.random.key(0), 0))), abs=2.5e-3)  # <= 1 of 500 images
     assert float(evaluation.fitness[:, 0].max()) > 0.15
+    chunked = nested.optimizee(jax.random.key(0), chunk=2)  # 2 at a time, in the same program
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda p: chunked.evaluate(jax.random.key(1), p, 0))(pop).fitness),
+                               np.asarray(evaluation.fitness), atol=2.5e-3)
+    with pytest.raises(ValueError, match="chunk"):
+        nested.optimizee(jax.random.key(0), chunk=0)
 
 
 def test_the_masked_update_is_the_library_update_of_the_valid_members():

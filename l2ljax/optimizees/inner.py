@@ -57,7 +57,7 @@ from l2ljax.core import Optimizee, check_positive_int
 
 Array = jax.Array
 
-__all__ = ["Hyperparameter", "InnerTraining", "NestedEnKF", "masked_eki_update"]
+__all__ = ["Hyperparameter", "InnerTraining", "NestedEnKF", "masked_eki_update", "run_optimizee"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +129,49 @@ def _check_split(split: tuple[Any, Any], name: str) -> tuple[Array, Array]:
     if not jnp.issubdtype(y.dtype, jnp.integer):
         raise TypeError(f"{name}: labels must be integers, got {y.dtype}")
     return x, y
+
+
+def run_optimizee(fitness: Callable[[dict[str, Array], Array], Array], hyperparameters: dict[str, Hyperparameter],
+                  key: Array, *, chunk: int | None = None, name: str = "inner-run", info: dict | None = None
+                  ) -> Optimizee:
+    """Whole inner runs ``fitness(individual, run_key) -> accuracy`` as a maximised optimizee.
+
+    Every individual of generation g runs from ``fold_in(key, g)`` (common random numbers).
+    ``chunk=None`` vmaps the whole population; ``chunk=c`` runs c individuals at a time, vmapped,
+    the chunks one after another inside the same compiled program (``lax.map``): the same numbers,
+    a working set c/J as large (on CPUs a whole vmapped population of ensembles falls out of
+    cache; see ``benchmarks/RESULTS.md``). The population is padded to whole chunks, so no vmap
+    sees a batch of one (on jaxlib 0.10.2 CPU a vmap over a single inner EKI run returned NaN).
+    """
+    if chunk is not None:
+        check_positive_int(chunk, "chunk")
+    template, lower, upper = _space_of(hyperparameters)
+
+    def data(generation: Array) -> tuple[Array, Array]:
+        return jax.random.fold_in(key, generation), jnp.zeros(1)
+
+    def fn(individual: dict[str, Array], _key: Array, run_key: Array) -> tuple[Array, Array]:
+        accuracy = fitness(individual, run_key)
+        return accuracy, jnp.reshape(accuracy, (1,))
+
+    population_fn = None
+    if chunk is not None:
+        def population_fn(flat: Array, keys: Array, run_key: Array) -> tuple[Array, Array]:
+            def rows(block: Array) -> tuple[Array, Array]:
+                return jax.vmap(lambda row: fn(space.unravel(row), None, run_key))(block)
+
+            if chunk == 1:  # one run at a time, no vmap at all
+                return jax.lax.map(lambda row: fn(space.unravel(row), None, run_key), flat)
+            # pad to whole chunks (repeating the last row) so that no vmap has a batch of one
+            n, pad = flat.shape[0], -flat.shape[0] % chunk
+            padded = jnp.concatenate([flat, jnp.repeat(flat[-1:], pad, axis=0)]).reshape(-1, chunk, flat.shape[1])
+            fitness, outputs = jax.lax.map(rows, padded)
+            return fitness.reshape(-1)[:n], outputs.reshape(-1, 1)[:n]
+
+    problem = Optimizee.create(fn, template, lower=lower, upper=upper, weights=(1.0,), name=name, data=data,
+                               info={**(info or {}), "chunk": chunk}, population_fn=population_fn)
+    space = problem.space
+    return problem
 
 
 def _accuracy(logits: Array, labels: Array) -> Array:
@@ -205,20 +248,11 @@ class InnerTraining:
         params, final_loss = self.fit(individual, key)
         return self.score(params, final_loss, *self.validation)
 
-    def optimizee(self, key: Array) -> Optimizee:
+    def optimizee(self, key: Array, *, chunk: int | None = None) -> Optimizee:
         """The hyperparameter search as an optimizee (accuracy maximised); generation g trains from
-        ``fold_in(key, g)`` for every individual."""
-        template, lower, upper = _space_of(self.hyperparameters)
-
-        def data(generation: Array) -> tuple[Array, Array]:
-            return jax.random.fold_in(key, generation), jnp.zeros(1)
-
-        def fn(individual: dict[str, Array], _key: Array, train_key: Array) -> tuple[Array, Array]:
-            accuracy = self.fitness(individual, train_key)
-            return accuracy, jnp.reshape(accuracy, (1,))
-
-        return Optimizee.create(fn, template, lower=lower, upper=upper, weights=(1.0,), name="inner-training",
-                                data=data, info={"n_steps": self.n_steps, "batch_size": self.batch_size})
+        ``fold_in(key, g)`` for every individual. ``chunk``: see :func:`run_optimizee`."""
+        return run_optimizee(self.fitness, self.hyperparameters, key, chunk=chunk, name="inner-training",
+                             info={"n_steps": self.n_steps, "batch_size": self.batch_size})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -229,6 +263,8 @@ class NestedEnKF:
                   N(0, init_std²) around zero in its flat parameter space.
     n_batches:    minibatches of ``batch_size`` assimilated per inner run (the same batches for
                   every individual of a generation).
+    n_seeds:      inner runs per individual (different initial ensembles and batches), fitness is
+                  their mean accuracy: small ensembles vary a lot with their draw.
     Ranges (L2L's nested example): γ ∈ ``gamma``, J ∈ ``ensemble`` (integers), repetitions ∈ ``repetitions``.
     """
 
@@ -241,9 +277,11 @@ class NestedEnKF:
     gamma: tuple[float, float] = (0.009, 1.0)
     ensemble: tuple[int, int] = (9, 30)
     repetitions: tuple[int, int] = (1, 3)
+    n_seeds: int = 1
 
     def __post_init__(self) -> None:
         check_positive_int(self.n_batches, "n_batches")
+        check_positive_int(self.n_seeds, "n_seeds")
         check_positive_int(self.batch_size, "batch_size")
         object.__setattr__(self, "train", _check_split(self.train, "train"))
         object.__setattr__(self, "validation", _check_split(self.validation, "validation"))
@@ -318,19 +356,18 @@ class NestedEnKF:
         return jnp.where(finite, _accuracy(forward(mean, images), labels), jnp.nan)
 
     def fitness(self, individual: dict[str, Array], key: Array) -> Array:
-        mean, _ = self.fit(individual, key)
-        return self.accuracy(mean, *self.validation)
+        """Mean validation accuracy of ``n_seeds`` inner runs (seed s from ``fold_in(key, s)``)."""
+        def one(seed: Array) -> Array:
+            mean, _ = self.fit(individual, jax.random.fold_in(key, seed))
+            return self.accuracy(mean, *self.validation)
 
-    def optimizee(self, key: Array) -> Optimizee:
-        """The nested problem for an outer optimizer (validation accuracy maximised)."""
-        template, lower, upper = _space_of(self.hyperparameters)
+        if self.n_seeds == 1:  # a vmap over one inner EKI run returns NaN on jaxlib 0.10.2 CPU (batch >= 2 is right)
+            return one(jnp.array(0))
+        return jnp.mean(jax.vmap(one)(jnp.arange(self.n_seeds)))
 
-        def data(generation: Array) -> tuple[Array, Array]:
-            return jax.random.fold_in(key, generation), jnp.zeros(1)
-
-        def fn(individual: dict[str, Array], _key: Array, run_key: Array) -> tuple[Array, Array]:
-            accuracy = self.fitness(individual, run_key)
-            return accuracy, jnp.reshape(accuracy, (1,))
-
-        return Optimizee.create(fn, template, lower=lower, upper=upper, weights=(1.0,), name="nested-enkf",
-                                data=data, info={"n_batches": self.n_batches, "batch_size": self.batch_size})
+    def optimizee(self, key: Array, *, chunk: int | None = None) -> Optimizee:
+        """The nested problem for an outer optimizer (validation accuracy maximised); ``chunk``: see
+        :func:`run_optimizee`."""
+        return run_optimizee(self.fitness, self.hyperparameters, key, chunk=chunk, name="nested-enkf",
+                             info={"n_batches": self.n_batches, "batch_size": self.batch_size,
+                                   "n_seeds": self.n_seeds})
