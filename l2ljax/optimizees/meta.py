@@ -1,6 +1,7 @@
-r"""Learning-to-learn optimizees: meta-learned priors on sinusoid tasks, and whole inner trainings.
+r"""Meta-learning a task family by next-target prediction: the sinusoid family and the meta-loss.
 
-**Sinusoid task family** (Finn, Abbeel & Levine 2017, MAML; used by Bellec et al. 2018 for LSNNs):
+**Sinusoid task family** (Finn, Abbeel & Levine 2017, MAML; used for LSNNs by Bellec, Salaj, Subramoney,
+Legenstein & Maass, NeurIPS 2018, "Long short-term memory and learning-to-learn in networks of spiking neurons"):
 a task is ``f(x) = A sin(x + φ)`` with ``A ~ U[0.1, 5]``, ``φ ~ U[0, π]``, inputs ``x ~ U[−5, 5]``
 (the ranges of MAML's data generator). A sequence shows L points of one task; at position t the
 network receives ``x_t`` and the *previous* target ``y_{t−1}`` (0 at t = 0) and must predict
@@ -16,10 +17,10 @@ zero predictor has ``E[A² sin²] = E[A²]/2 ≈ 4.25`` for every t.
 Example::
 
     tasks = SinusoidTasks(n_points=20)
-    meta = SequenceRegression(LSNN(LSNNConfig()), tasks, steps_per_example=10, batch_size=32)
+    meta = SequenceRegression(LSNN(LSNNConfig()), tasks, steps_per_example=10, tuning_curves=16)
     problem = meta.optimizee(jax.random.key(1), gradient=True)
-    result = l2ljax.run(BPTT(problem, optax.adam(3e-3)), problem, jax.random.key(0), 1000,
-                        x0=meta.init(jax.random.key(2)))
+    opt = BPTT(problem, optax.adam(3e-3))
+    result = l2ljax.run(opt, problem, jax.random.key(0), 1000, x0=meta.init(jax.random.key(2)))
     mse_k = meta.mse_by_position(opt.current(result.state), *tasks.sample(jax.random.key(3), 1000)[:2])
 """
 
