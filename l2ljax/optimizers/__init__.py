@@ -1,5 +1,6 @@
 """Outer loops: one module per algorithm, all sharing the protocol of :class:`l2ljax.core.Optimizer`."""
 
+from l2ljax.optimizers.bptt import BPTT, gradient_optimizee, loss_optimizee
 from l2ljax.optimizers.cma_es import CMAES, CMAESParams
 from l2ljax.optimizers.cross_entropy import CrossEntropy, CrossEntropyParams, Gaussian, NoisyGaussian
 from l2ljax.optimizers.distributions import GaussianMixture, NoisyGaussianMixture
@@ -14,6 +15,7 @@ from l2ljax.optimizers.search import GridSearch, RandomSearch
 from l2ljax.optimizers.simulated_annealing import COOLING_SCHEDULES, SimulatedAnnealing, SimulatedAnnealingParams
 
 __all__ = [
+    "BPTT", "gradient_optimizee", "loss_optimizee",
     "CMAES", "COOLING_SCHEDULES", "FACE", "CMAESParams", "CrossEntropy", "CrossEntropyParams", "EnsembleKalmanFilter",
     "EnsembleKalmanParams", "EvolutionStrategies", "EvolutionStrategiesParams", "FACEParams", "Gaussian",
     "GaussianMixture", "GeneticAlgorithm", "GeneticAlgorithmParams", "GradientDescent", "GradientDescentParams",
