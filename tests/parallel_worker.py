@@ -136,6 +136,19 @@ def main(mode: str, out: Path) -> None:
                                 callbacks=[lambda record, state: rank == 0 and int(record["generation"]) == 5])
     report["stopped_after"] = stop_on_writer.generations
 
+    # A fitness function that fails while tracing on the last rank only: every rank raises, none hangs.
+    def fails_to_trace_on_last_rank(x, key):
+        if rank == last_rank:
+            raise ValueError("bad model on this rank")
+        return jnp.sum(x ** 2)
+
+    tracing = l2ljax.Optimizee.create(fails_to_trace_on_last_rank, jnp.zeros(3), lower=-1.0, upper=1.0)
+    try:
+        l2ljax.run(l2ljax.CrossEntropy(tracing, pop_size=8), tracing, jax.random.key(2), 2, parallel=scheme)
+        report["trace_failed"] = None
+    except Exception as error:  # noqa: BLE001 (the test reads which error each rank got)
+        report["trace_failed"] = f"{type(error).__name__}: {error}"
+
     # Ranks called differently (another key; another population size) are named before any collective.
     for name, (key, pop) in {"other_key": (rank, 33), "other_pop_size": (0, 33 + rank)}.items():
         try:

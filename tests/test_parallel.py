@@ -121,6 +121,13 @@ def test_a_failing_callback_on_one_rank_is_raised_on_every_rank(mpi_reports):
     assert other["callback_failed"] == "RuntimeError: rank 0 failed: OSError: disk full"
 
 
+def test_a_trace_time_error_on_one_rank_is_raised_on_every_rank(mpi_reports, device_reports):
+    writer, other = mpi_reports
+    assert writer["trace_failed"] == "RuntimeError: rank 1 failed: ValueError: bad model on this rank"
+    assert other["trace_failed"] == "ValueError: bad model on this rank"
+    assert device_reports[0]["trace_failed"] == "ValueError: bad model on this rank"
+
+
 def test_ranks_called_differently_are_named_on_every_rank(mpi_reports, device_reports):
     for report in mpi_reports:
         assert "called differently from rank 0: key on rank(s) 1" in report["other_key"]

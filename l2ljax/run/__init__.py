@@ -137,6 +137,7 @@ def run(
                                 stop_criterion, parallel)
         callbacks += [ProgressBar(n_generations)] if progress and parallel.is_writer else []
         state, run_key = parallel.place(rundir.state), rundir.run_key
+        program.check_traces(state, run_key)
         stopped = program.criterion_met(state) and rundir.generation > 0
         hosted = directory is not None or progress
         pace = Pace(chunk_seconds if hosted and program.chunk_size > 1 else None)

@@ -183,6 +183,21 @@ class Program:
     def criterion_met(self, state: OptState) -> bool:
         return self.stop_criterion is not None and np.float32(state.best_score) >= np.float32(self.stop_criterion)
 
+    def check_traces(self, state: OptState, run_key: jax.Array) -> None:
+        """Trace the chunk on every rank and raise on every rank if any failed, before any rank
+        runs it: a trace-time error on one rank would leave the others waiting in its collectives."""
+        if self.parallel.n_shards == 1 or not self.optimizee.jittable:
+            return
+        chunk = compiled_chunk(self.optimizer, self.optimizee, self.level, self.stop_criterion is not None,
+                               self.parallel)
+        error = None
+        try:
+            jax.eval_shape(lambda s, k, t, n: chunk(s, k, t, n, self.chunk_size), state, run_key,
+                           jnp.float32(0.0), 1)
+        except Exception as failure:  # raised below on every rank
+            error = failure
+        self.parallel.raise_together(error)
+
     def advance(self, state: OptState, run_key: jax.Array, generation: int, n_generations: int,
                 steps: int | None = None) -> tuple[OptState, Record, bool]:
         """Up to one chunk of generations from ``generation`` (at most ``steps`` of them; the same
