@@ -488,6 +488,12 @@ class Optimizer(Frozen):
     def default_params(self) -> Any:
         return self.Params()
 
+    def resolve(self, params: Any) -> Any:
+        """``params`` with every hyperparameter that defaults to a value depending on the
+        configuration (e.g. CMA-ES's rates, given as None) filled in; ``init`` stores the result,
+        so a state's params are complete, vmappable and schedulable."""
+        return params
+
     def check_params(self, params: Any) -> None:
         """Reject non-finite or out-of-range hyperparameters (only when they are concrete)."""
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -502,7 +508,7 @@ class Optimizer(Frozen):
     def init(self, key: Array, params: Any = None, x0: PyTree | None = None) -> OptState:
         """Fresh state. ``x0``: the initial individual (pytree); default: ``space.sample``."""
         key = as_key(key)
-        params = self.default_params if params is None else params
+        params = self.resolve(self.default_params if params is None else params)
         self.check_params(params)
         params = jax.tree_util.tree_map(jnp.asarray, params)
         k_x0, k_init = jax.random.split(key)
