@@ -18,9 +18,36 @@ that decide shapes or code paths (population sizes, the number of components, a 
 name) are static constructor arguments. Floating-point state has the dtype of the individuals'
 template (float32 by default; float64 templates under ``jax_enable_x64`` give float64 state).
 
-Example::
+The optimizee contract (:class:`Optimizee`), one signature per kind. A JAX function of ONE
+individual, vmapped and jitted here::
 
-    >>> import jax, l2ljax
+    >>> import jax, jax.numpy as jnp, numpy as np, l2ljax
+    >>> def sphere(x, key):                                   # fitness of one individual
+    ...     return jnp.sum(x ** 2)
+    >>> problem = l2ljax.Optimizee.create(sphere, jnp.zeros(3), lower=-5.0, upper=5.0)
+    >>> problem.evaluate(jax.random.key(0), jnp.ones((4, 3))).fitness.ravel().tolist()
+    [3.0, 3.0, 3.0, 3.0]
+
+With data (Kalman methods): ``data(generation) -> (inputs, targets)``, and the function returns
+its outputs too; the evaluation carries them as :class:`KalmanData`::
+
+    >>> A, y = jnp.eye(2), jnp.array([1.0, 2.0])
+    >>> def model(u, key, inputs):                            # (fitness, outputs G(u))
+    ...     return -jnp.sum((A @ u - y) ** 2), A @ u
+    >>> inverse = l2ljax.Optimizee.create(model, jnp.zeros(2), weights=(1.0,), data=lambda g: (None, y))
+    >>> inverse.evaluate(jax.random.key(0), jnp.zeros((5, 2))).kalman.outputs.shape
+    (5, 2)
+
+A host simulator (not JAX code) scores numpy rows: ``fn(population, seed, first_row)``::
+
+    >>> def simulate(population, seed, first_row):           # population: numpy, leading axis = rows
+    ...     return np.sum(population ** 2, axis=1)
+    >>> host = l2ljax.Optimizee.create(simulate, jnp.zeros(3), lower=-1.0, upper=1.0, jittable=False)
+    >>> host.evaluate(jax.random.key(0), jnp.ones((2, 3))).fitness.ravel().tolist()
+    [3.0, 3.0]
+
+The outer loop, by hand (``l2ljax.run`` does this)::
+
     >>> problem = l2ljax.function_optimizee("rastrigin", dim=2)
     >>> opt = l2ljax.CrossEntropy(problem, pop_size=32)
     >>> state = opt.init(jax.random.key(0))
