@@ -18,9 +18,36 @@ that decide shapes or code paths (population sizes, the number of components, a 
 name) are static constructor arguments. Floating-point state has the dtype of the individuals'
 template (float32 by default; float64 templates under ``jax_enable_x64`` give float64 state).
 
-Example::
+The optimizee contract (:class:`Optimizee`), one signature per kind. A JAX function of ONE
+individual, vmapped and jitted here::
 
-    >>> import jax, l2ljax
+    >>> import jax, jax.numpy as jnp, numpy as np, l2ljax
+    >>> def sphere(x, key):                                   # fitness of one individual
+    ...     return jnp.sum(x ** 2)
+    >>> problem = l2ljax.Optimizee.create(sphere, jnp.zeros(3), lower=-5.0, upper=5.0)
+    >>> problem.evaluate(jax.random.key(0), jnp.ones((4, 3))).fitness.ravel().tolist()
+    [3.0, 3.0, 3.0, 3.0]
+
+With data (Kalman methods): ``data(generation) -> (inputs, targets)``, and the function returns
+its outputs too; the evaluation carries them as :class:`KalmanData`::
+
+    >>> A, y = jnp.eye(2), jnp.array([1.0, 2.0])
+    >>> def model(u, key, inputs):                            # (fitness, outputs G(u))
+    ...     return -jnp.sum((A @ u - y) ** 2), A @ u
+    >>> inverse = l2ljax.Optimizee.create(model, jnp.zeros(2), weights=(1.0,), data=lambda g: (None, y))
+    >>> inverse.evaluate(jax.random.key(0), jnp.zeros((5, 2))).kalman.outputs.shape
+    (5, 2)
+
+A host simulator (not JAX code) scores numpy rows: ``fn(population, seed, first_row)``::
+
+    >>> def simulate(population, seed, first_row):           # population: numpy, leading axis = rows
+    ...     return np.sum(population ** 2, axis=1)
+    >>> host = l2ljax.Optimizee.create(simulate, jnp.zeros(3), lower=-1.0, upper=1.0, jittable=False)
+    >>> host.evaluate(jax.random.key(0), jnp.ones((2, 3))).fitness.ravel().tolist()
+    [3.0, 3.0]
+
+The outer loop, by hand (``l2ljax.run`` does this)::
+
     >>> problem = l2ljax.function_optimizee("rastrigin", dim=2)
     >>> opt = l2ljax.CrossEntropy(problem, pop_size=32)
     >>> state = opt.init(jax.random.key(0))
@@ -495,6 +522,12 @@ class Optimizer(Frozen):
     def default_params(self) -> Any:
         return self.Params()
 
+    def resolve(self, params: Any) -> Any:
+        """``params`` with every hyperparameter that defaults to a value depending on the
+        configuration (e.g. CMA-ES's rates, given as None) filled in; ``init`` stores the result,
+        so a state's params are complete, vmappable and schedulable."""
+        return params
+
     def check_params(self, params: Any) -> None:
         """Reject non-finite or out-of-range hyperparameters (only when they are concrete)."""
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -509,7 +542,7 @@ class Optimizer(Frozen):
     def init(self, key: Array, params: Any = None, x0: PyTree | None = None) -> OptState:
         """Fresh state. ``x0``: the initial individual (pytree); default: ``space.sample``."""
         key = as_key(key)
-        params = self.default_params if params is None else params
+        params = self.resolve(self.default_params if params is None else params)
         self.check_params(params)
         params = jax.tree_util.tree_map(jnp.asarray, params)
         k_x0, k_init = jax.random.split(key)

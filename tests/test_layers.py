@@ -122,3 +122,16 @@ def test_run_directory_refuses_to_overwrite_and_resumes(tmp_path):
     with pytest.raises(ValueError, match="more than the n_generations=1"):
         RunDirectory.open(tmp_path, meta, state, jax.random.key(1), resume=True, explicit_params=None,
                           n_generations=1, parallel=single)
+
+
+@pytest.mark.parametrize("make", [lambda p: l2ljax.CMAES(p, pop_size=6),
+                                  lambda p: l2ljax.NaturalEvolutionStrategies(p, pop_size=6)], ids=["CMAES", "NES"])
+def test_rates_left_to_their_defaults_are_complete_in_the_state(make):
+    """Params() leaves dimension-dependent rates None; init fills them, so a state's params are
+    complete (vmappable, schedulable) and equal those of default_params."""
+    import dataclasses
+
+    opt = make(PROBLEM)
+    state = opt.init(jax.random.key(0), opt.Params())
+    for field in dataclasses.fields(state.params):
+        assert getattr(state.params, field.name) == np.float32(getattr(opt.default_params, field.name))

@@ -177,7 +177,7 @@ class CMAES(Optimizer):
 
     def _tell(self, inner: CMAESState, population: jax.Array, evaluation: Evaluation,
               params: CMAESParams) -> CMAESState:
-        p = self.resolve(params)
+        p = params  # complete: init resolved them
         n, dtype = population.shape[1], population.dtype
         chi_n = self.strategy["chi_n"]
         score = evaluation.score

@@ -126,8 +126,7 @@ class NaturalEvolutionStrategies(Optimizer):
 
     def _tell(self, inner: NaturalEvolutionStrategiesState, population: jax.Array, evaluation: Evaluation,
               params: NaturalEvolutionStrategiesParams) -> NaturalEvolutionStrategiesState:
-        params = self.resolve(params)
-        score = evaluation.score
+        score = evaluation.score  # params are complete: init resolved them
         if self.fitness_shaping:
             utility = jnp.asarray(self.utilities, population.dtype)[descending_ranks(score)]
         else:
