@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 import l2ljax
+from l2ljax.cli import new_run_dir
 from l2ljax.optimizees import nest as sp
 
 
@@ -35,7 +36,8 @@ def optimizers(problem, scale: int):
             "CrossEntropy": (ce, ce.default_params)}
 
 
-def tune(network: sp.Network, generations: int, workers: int, out: Path, scale: int = 1) -> dict:
+def tune(network: sp.Network, generations: int, workers: int, out: Path, scale: int = 1,
+         resume: bool = False) -> dict:
     problem = sp.structural_plasticity_optimizee(network, n_workers=workers, timeout=None)
     x0 = {name: np.float32(value) for name, value in problem.info["x0"].items()}
     report = {"network": problem.info["network"], "x0": problem.info["x0"], "runs": {}}
@@ -47,7 +49,7 @@ def tune(network: sp.Network, generations: int, workers: int, out: Path, scale: 
         for name, (opt, params) in optimizers(problem, scale).items():
             start = time.time()
             result = l2ljax.run(opt, problem, jax.random.key(1), generations, x0=x0, params=params,
-                                directory=out / name, resume=(out / name / "checkpoint.npz").exists())
+                                directory=out / name, resume=resume)
             report["runs"][name] = {
                 "seconds": time.time() - start, "simulations": int(result.trajectory["fitness"].shape[0]
                                                                    * result.trajectory["fitness"].shape[1]),
@@ -106,13 +108,19 @@ def main() -> None:
     p.add_argument("--generations", type=int, default=10)
     p.add_argument("--scale", type=int, default=1, help="multiplies every optimizer's population")
     p.add_argument("--workers", type=int, default=None, help="default: the CPUs")
-    p.add_argument("--out", type=Path, default=Path("runs/nest-structural-plasticity"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder (default: a new runs/nest-structural-plasticity-<UTC time>)")
+    p.add_argument("--resume", action="store_true", help="continue the runs in --out")
     p.add_argument("--figure", type=Path, default=None, help="default: OUT/structural_plasticity.png")
     args = p.parse_args()
     changes = json.loads(args.network)
     network = sp.Network.paper_scale(**changes) if args.paper_scale else sp.Network(**changes)
+    if args.resume and args.out is None:
+        p.error("--resume needs --out DIR (the folder of the runs to continue)")
+    args.out = args.out or new_run_dir("nest-structural-plasticity")
     args.out.mkdir(parents=True, exist_ok=True)
-    report = tune(network, args.generations, args.workers, args.out, args.scale)
+    print(f"results in {args.out}", flush=True)
+    report = tune(network, args.generations, args.workers, args.out, args.scale, args.resume)
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     plot(report, network, args.figure or args.out / "structural_plasticity.png")
 
