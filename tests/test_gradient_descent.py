@@ -255,3 +255,53 @@ def test_bad_input_is_rejected_by_name():
     for value in (0.0, -0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="exploration_step_size"):
             opt.init(jax.random.key(0), opt.Params(exploration_step_size=value))
+
+
+VARIANT_RATES = {
+    "ClassicGD": {"learning_rate": 0.02},
+    "StochasticGD": {"learning_rate": 0.02, "stochastic_deviation": 0.1, "stochastic_decay": 0.9},
+    "RMSProp": {"learning_rate": 0.02, "momentum_decay": 0.8},
+    "Adam": {"learning_rate": 0.05, "first_order_decay": 0.8, "second_order_decay": 0.95},
+    "AdaMax": {"learning_rate": 0.05, "first_order_decay": 0.8, "second_order_decay": 0.95},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANT_RATES))
+def test_rates_as_params_give_the_numbers_of_the_fixed_transform(variant):
+    problem = l2ljax.function_optimizee("rosenbrock", 2)
+    rates = VARIANT_RATES[variant]
+    fixed = l2ljax.GradientDescent(problem, n_random_steps=4, optimizer=l2ljax.l2l_variant(variant, **rates))
+    by_params = l2ljax.GradientDescent(problem, n_random_steps=4, variant=variant)
+    want = l2ljax.run(fixed, problem, jax.random.key(0), 25)
+    got = l2ljax.run(by_params, problem, jax.random.key(0), 25, params=by_params.default_params.replace(**rates))
+    # bit for bit but for AdaMax, whose bias correction XLA folds differently for a constant b1 (float32 rounding)
+    np.testing.assert_allclose(got.trajectory["population"], want.trajectory["population"], rtol=2e-6, atol=1e-7)
+
+
+def test_learning_rates_vmap_in_one_program():
+    problem = l2ljax.function_optimizee("rosenbrock", 2)
+    opt = l2ljax.GradientDescent(problem, n_random_steps=4, variant="Adam")
+    step = l2ljax.make_step(opt, problem)
+    x0 = jnp.asarray([-1.0, 1.5])
+
+    def final_theta(lr):
+        state = opt.init(jax.random.key(0), params=opt.default_params.replace(learning_rate=lr), x0=x0)
+        state, _ = jax.lax.scan(lambda s, _: step(s, jax.random.key(1)), state, None, length=30)
+        return state.inner.theta
+
+    rates = jnp.asarray([0.01, 0.05])
+    batched = jax.vmap(final_theta)(rates)
+    for i, lr in enumerate(rates):
+        np.testing.assert_allclose(batched[i], final_theta(lr), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(batched[0], batched[1])
+
+
+def test_bad_variant_rates_are_named():
+    problem = l2ljax.function_optimizee("rosenbrock", 2)
+    opt = l2ljax.GradientDescent(problem, variant="RMSProp")
+    with pytest.raises(ValueError, match="momentum_decay"):
+        opt.init(jax.random.key(0), params=opt.default_params.replace(momentum_decay=1.5))
+    with pytest.raises(ValueError, match="not both"):
+        l2ljax.GradientDescent(problem, optimizer=optax.sgd(0.1), variant="Adam")
+    with pytest.raises(ValueError, match="unknown L2L gradient-descent variant"):
+        l2ljax.GradientDescent(problem, variant="Nesterov")

@@ -15,21 +15,22 @@ optax's descent convention climbs the score: ``u, s = tx.update(−g, s, θ); θ
 (clipped to the bounds). The optax state lives in the optimizer state. The population is
 the n neighbours followed by θ itself (L2L's order): ``pop_size = n_random_steps + 1``.
 
-L2L parameter names: ``exploration_step_size`` (``GradientDescentParams``), ``n_random_steps``
-(constructor), ``learning_rate`` and the variant parameters (in the optax transform: build
-it with :func:`l2l_variant` from L2L's names, or pass any optax transform, e.g.
-``optax.sgd(0.01, momentum=0.9)``). ``n_iteration``, ``stop_criterion`` and ``seed`` are
-arguments of :func:`l2ljax.run` and its key.
+L2L parameter names: ``n_random_steps`` and the variant (constructor: shape and rule);
+``exploration_step_size``, ``learning_rate`` and the variant's rates (``momentum_decay``,
+``first_order_decay``, ``second_order_decay``, ``stochastic_deviation``, ``stochastic_decay``)
+are fields of ``GradientDescentParams``, so they vmap and schedule like every optimizer's
+hyperparameters. ``n_iteration``, ``stop_criterion`` and ``seed`` are arguments of
+:func:`l2ljax.run` and its key (``seed=`` seeds StochasticGD's noise). Any other optax transform
+can be passed as ``optimizer=`` (e.g. ``optax.sgd(0.01, momentum=0.9)``); its rates are then its
+own (``optax.inject_hyperparams`` + :meth:`GradientDescent.set_hyperparams` puts them in the state).
 
-To vmap over learning rates, build the transform with ``optax.inject_hyperparams`` and set
-them in the state with :meth:`GradientDescent.set_hyperparams`::
+Many learning rates in one program::
 
-    opt = GradientDescent(problem, n_random_steps=8,
-                          optimizer=optax.inject_hyperparams(optax.adam)(learning_rate=0.1))
+    opt = GradientDescent(problem, n_random_steps=8, variant="Adam")
     step = l2ljax.make_step(opt, problem)
 
     def best_score(lr, key):
-        state = opt.set_hyperparams(opt.init(key, x0=x0), learning_rate=lr)
+        state = opt.init(key, params=opt.default_params.replace(learning_rate=lr), x0=x0)
         state, _ = jax.lax.scan(lambda s, _: step(s, key), state, None, length=200)
         return state.best_score
 
@@ -48,10 +49,8 @@ gradient to follow): bound the space away from such regions or use a smaller lea
 
 Example::
 
-    opt = GradientDescent(problem, n_random_steps=5,
-                          optimizer=l2l_variant("Adam", learning_rate=0.05, first_order_decay=0.9,
-                                                second_order_decay=0.999))
-    params = opt.default_params.replace(exploration_step_size=0.01)
+    opt = GradientDescent(problem, n_random_steps=5, variant="Adam")
+    params = opt.default_params.replace(learning_rate=0.05, exploration_step_size=0.01)
     result = l2ljax.run(opt, problem, jax.random.key(0), 300, params=params, x0=x0)
 """
 
@@ -65,7 +64,16 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from l2ljax.core import Evaluation, Optimizee, Optimizer, OptState, Space, check_positive_int, check_range
+from l2ljax.core import (
+    Evaluation,
+    Optimizee,
+    Optimizer,
+    OptState,
+    Space,
+    check_positive_int,
+    check_range,
+    is_concrete,
+)
 from l2ljax.optimizers._common import keep_finite
 
 # --------------------------------------------------------------------------- L2L's update rules as optax
@@ -82,7 +90,7 @@ def add_decaying_noise(deviation: float, decay: float, seed: int = 0) -> optax.G
     L2L's StochasticGD noise. ``optax.add_noise`` does not match it: its *variance* decays
     polynomially, η/(1 + t)^γ, where L2L's standard deviation decays geometrically.
     """
-    if not (deviation >= 0 and 0 <= decay <= 1):
+    if is_concrete(deviation, decay) and not (deviation >= 0 and 0 <= decay <= 1):
         raise ValueError(f"add_decaying_noise needs deviation >= 0 and decay in [0, 1], got {deviation}, {decay}")
 
     def init(params: Any) -> DecayingNoiseState:
@@ -158,15 +166,22 @@ def l2l_variant(name: str, seed: int = 0, **l2l_params: float) -> optax.Gradient
     for key in ("momentum_decay", "first_order_decay", "second_order_decay"):
         if key in p and not 0 <= p[key] < 1:
             raise ValueError(f"{variant}: {key} must lie in [0, 1), got {p[key]}")
+    return variant_transform(variant, p, seed)
+
+
+def variant_transform(variant: str, p: Any, seed: int = 0) -> optax.GradientTransformation:
+    """The optax transform of an L2L variant from its parameter values (a mapping or ``Params``;
+    Python floats or traced arrays, so the rates can be vmapped)."""
+    get = p.__getitem__ if isinstance(p, dict) else lambda name: getattr(p, name)
     if variant == "ClassicGD":
-        return optax.sgd(p["learning_rate"])
+        return optax.sgd(get("learning_rate"))
     if variant == "StochasticGD":
-        return optax.chain(add_decaying_noise(p["stochastic_deviation"], p["stochastic_decay"], seed),
-                           optax.sgd(p["learning_rate"]))
+        return optax.chain(add_decaying_noise(get("stochastic_deviation"), get("stochastic_decay"), seed),
+                           optax.sgd(get("learning_rate")))
     if variant == "RMSProp":
-        return optax.rmsprop(p["learning_rate"], decay=p["momentum_decay"], eps=1e-6)
+        return optax.rmsprop(get("learning_rate"), decay=get("momentum_decay"), eps=1e-6)
     transform = optax.adam if variant == "Adam" else optax.adamax
-    return transform(p["learning_rate"], b1=p["first_order_decay"], b2=p["second_order_decay"], eps=1e-8)
+    return transform(get("learning_rate"), b1=get("first_order_decay"), b2=get("second_order_decay"), eps=1e-8)
 
 
 # --------------------------------------------------------------------------- the optimizer
@@ -174,7 +189,17 @@ def l2l_variant(name: str, seed: int = 0, **l2l_params: float) -> optax.Gradient
 
 @struct.dataclass
 class GradientDescentParams:
+    """The continuous hyperparameters. The rates (L2L's names) drive the L2L ``variant`` (default
+    ClassicGD); only those the variant uses matter, and a transform passed as ``optimizer=``
+    carries its own. Defaults: RMSProp's and Adam's decays as in Hinton's lecture and Kingma & Ba."""
+
     exploration_step_size: float = 0.01
+    learning_rate: float = 0.01
+    momentum_decay: float = 0.9
+    first_order_decay: float = 0.9
+    second_order_decay: float = 0.999
+    stochastic_deviation: float = 1.0
+    stochastic_decay: float = 0.99
 
 
 class GradientDescentState(NamedTuple):
@@ -189,15 +214,35 @@ class GradientDescent(Optimizer):
     Params = GradientDescentParams
 
     def __init__(self, space: Space | Optimizee, n_random_steps: int = 5,
-                 optimizer: optax.GradientTransformation | None = None):
+                 optimizer: optax.GradientTransformation | None = None, *, variant: str | None = None,
+                 seed: int = 0):
         self.n_random_steps = check_positive_int(n_random_steps, "n_random_steps")
         super().__init__(space, self.n_random_steps + 1)
-        self.optimizer = optax.sgd(0.01) if optimizer is None else optimizer
-        if not (callable(getattr(self.optimizer, "init", None)) and callable(getattr(self.optimizer, "update", None))):
+        if optimizer is not None and variant is not None:
+            raise ValueError("give either an optax optimizer= or an L2L variant=, not both")
+        if optimizer is not None and not (callable(getattr(optimizer, "init", None))
+                                          and callable(getattr(optimizer, "update", None))):
             raise TypeError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.variant = None
+        if optimizer is None:
+            matches = [v for v in _VARIANTS if v.lower() == str(variant or "ClassicGD").lower()]
+            if not matches:
+                raise ValueError(f"unknown L2L gradient-descent variant {variant!r}: choose one of {sorted(_VARIANTS)}")
+            self.variant = matches[0]
+        self.seed = int(seed)
+
+    def _transform(self, params: GradientDescentParams) -> optax.GradientTransformation:
+        return self.optimizer if self.variant is None else variant_transform(self.variant, params, self.seed)
 
     def _check_params(self, params: GradientDescentParams) -> None:
         check_range(params, "exploration_step_size", 0.0, float("inf"), lo_open=True, owner=self.name)
+        if self.variant is not None:
+            check_range(params, "learning_rate", 0.0, float("inf"), lo_open=True, owner=self.name)
+            for name in ("momentum_decay", "first_order_decay", "second_order_decay"):
+                check_range(params, name, 0.0, 1.0, hi_open=True, owner=self.name)
+            check_range(params, "stochastic_deviation", 0.0, float("inf"), owner=self.name)
+            check_range(params, "stochastic_decay", 0.0, 1.0, owner=self.name)
 
     def set_hyperparams(self, state: OptState, **values: Any) -> OptState:
         """Set hyperparameters of an ``optax.inject_hyperparams`` transform in ``state`` (vmappable)."""
@@ -217,7 +262,7 @@ class GradientDescent(Optimizer):
         return state.replace(inner=state.inner._replace(opt_state=opt_state))
 
     def _init(self, key: jax.Array, x0: jax.Array, params: Any) -> GradientDescentState:
-        return GradientDescentState(x0, self.optimizer.init(x0), jnp.array(-jnp.inf, x0.dtype),
+        return GradientDescentState(x0, self._transform(params).init(x0), jnp.array(-jnp.inf, x0.dtype),
                                     jnp.array(0.0, x0.dtype))
 
     def _ask(self, key: jax.Array, inner: GradientDescentState, params: GradientDescentParams) -> jax.Array:
@@ -234,7 +279,7 @@ class GradientDescent(Optimizer):
         dx = jnp.where(usable[:, None], population[:n] - inner.theta, 0.0)
         df = jnp.where(usable, f - f0, 0.0).astype(dx.dtype)
         gradient = jnp.linalg.pinv(dx) @ df
-        updates, opt_state = self.optimizer.update(-gradient, inner.opt_state, inner.theta)
+        updates, opt_state = self._transform(params).update(-gradient, inner.opt_state, inner.theta)
         theta = self.space.clip(optax.apply_updates(inner.theta, updates))
         theta, opt_state = keep_finite((theta, opt_state), (inner.theta, inner.opt_state), jnp.isfinite(f0))
         return GradientDescentState(theta, opt_state, f0.astype(theta.dtype),
@@ -244,4 +289,5 @@ class GradientDescent(Optimizer):
         return {"current_score": state.inner.current_score, "gradient_norm": state.inner.gradient_norm}
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "n_random_steps": self.n_random_steps}
+        return {**super().config(), "n_random_steps": self.n_random_steps, "variant": self.variant,
+                **({} if self.variant is None else {"seed": self.seed})}
