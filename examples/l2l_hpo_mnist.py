@@ -3,11 +3,12 @@
 Each individual is a complete 300-step training (a ``lax.scan``); a generation trains all of them in
 one vmapped program. Fitness: accuracy on a validation split held out from training.
 
-    PYTHONPATH=. python examples/l2l_hpo_mnist.py
+    python examples/l2l_hpo_mnist.py
 """
 
+import argparse
+
 import jax
-import numpy as np
 import optax
 
 import l2ljax
@@ -15,13 +16,15 @@ from l2ljax import data
 from l2ljax.models import Mlp
 from l2ljax.optimizees.inner import Hyperparameter, InnerTraining
 
-m = data.load_mnist("/work/shared/data/mnist")
-x = data.normalize(m.train_images).reshape(len(m.train_images), -1)
-y = m.train_labels.astype(np.int32)
+cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+cli.add_argument("--data-dir", help="MNIST IDX files (default: $L2LJAX_MNIST_DIR, else ~/.cache/l2ljax/mnist)")
+cli.add_argument("--download", action="store_true", help="fetch MNIST if it is missing")
+args = cli.parse_args()
+splits = data.flat_splits(data.load_mnist(args.data_dir, download=args.download))
 hpo = InnerTraining(Mlp(hidden=(64,), use_bias=True), lambda h: optax.sgd(h["learning_rate"], momentum=h["momentum"]),
                     {"learning_rate": Hyperparameter(1e-3, 3.0, log=True), "momentum": Hyperparameter(0.0, 0.99),
                      "init_scale": Hyperparameter(0.1, 3.0, log=True)},
-                    train=(x[:50000], y[:50000]), validation=(x[50000:], y[50000:]), n_steps=300, batch_size=64)
+                    train=splits["train"], validation=splits["validation"], n_steps=300, batch_size=64)
 problem = hpo.optimizee(jax.random.key(0))
 result = l2ljax.run(l2ljax.CMAES(problem, pop_size=12), problem, jax.random.key(1), 8, progress=True)
 print("best validation accuracy", float(result.best_fitness[0]), "at", hpo.values(result.best))

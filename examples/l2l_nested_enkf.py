@@ -4,8 +4,10 @@ Every inner EnKF run of a generation is one vmapped program although ensemble si
 runs 30 members of which the first J are valid (masked statistics), and 3 updates per batch of
 which the first `repetitions` are applied.
 
-    PYTHONPATH=. python examples/l2l_nested_enkf.py
+    python examples/l2l_nested_enkf.py
 """
+
+import argparse
 
 import jax
 import numpy as np
@@ -15,10 +17,12 @@ from l2ljax import data
 from l2ljax.models import Mlp
 from l2ljax.optimizees.inner import NestedEnKF
 
-m = data.load_mnist("/work/shared/data/mnist")
-x = data.normalize(m.train_images).reshape(len(m.train_images), -1)
-y = m.train_labels.astype(np.int32)
-nested = NestedEnKF(Mlp(hidden=(10,)), train=(x[:50000], y[:50000]), validation=(x[50000:], y[50000:]),
+cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+cli.add_argument("--data-dir", help="MNIST IDX files (default: $L2LJAX_MNIST_DIR, else ~/.cache/l2ljax/mnist)")
+cli.add_argument("--download", action="store_true", help="fetch MNIST if it is missing")
+args = cli.parse_args()
+splits = data.flat_splits(data.load_mnist(args.data_dir, download=args.download))
+nested = NestedEnKF(Mlp(hidden=(10,)), train=splits["train"], validation=splits["validation"],
                     n_batches=50, batch_size=32, init_std=0.1)
 problem = nested.optimizee(jax.random.key(0))
 opt = l2ljax.GeneticAlgorithm(problem, pop_size=8)

@@ -313,6 +313,17 @@ def normalize(images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) / np.float32(255.0))[..., None]
 
 
+def flat_splits(mnist: Mnist, n_train: int = 50_000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """MLP-ready splits: ``{"train", "validation", "test"}`` → (float32 ``(N, 784)`` in [0, 1],
+    int32 labels); validation is the training set's last ``60,000 - n_train`` images, held out."""
+    def flat(images: np.ndarray) -> np.ndarray:
+        return normalize(images).reshape(len(images), -1)
+
+    x, y = flat(mnist.train_images), mnist.train_labels.astype(np.int32)
+    return {"train": (x[:n_train], y[:n_train]), "validation": (x[n_train:], y[n_train:]),
+            "test": (flat(mnist.test_images), mnist.test_labels.astype(np.int32))}
+
+
 # --------------------------------------------------------------------------- writing
 
 
