@@ -372,8 +372,8 @@ Every optimizer of l2ljax on every L2L benchmark function, at the settings of l2
 fixed seed. Each entry is the gap f(best) - f(argmin): how far the best individual found is above
 the function's known minimum, after the same number of generations (lower is better; 0 means
 within float32 rounding of the minimum, since both values are computed in float32).
-Expected time on 2 CPU cores: about 10 minutes for the full table (200 generations, 19 rows),
-about 1 minute with --quick (2-d rastrigin, rosenbrock, ackley and easom, 50 generations).
+Expected time on 2 CPU cores: 8-13 minutes for the full table (200 generations, 19 rows), under
+a minute with --quick (2-d rastrigin, rosenbrock, ackley and easom, 50 generations: 49 s).
 """
 
 
@@ -485,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     enkf.add_argument("--seed", type=int, default=0, help="PRNG seed of the run")
 
     table = sub.add_parser("functions", formatter_class=argparse.RawDescriptionHelpFormatter,
-                           help="every optimizer on the L2L benchmark functions (about 10 min; --quick: 1 min)",
+                           help="every optimizer on the L2L benchmark functions (8-13 min; --quick: under 1 min)",
                            description=TABLE_HELP)
     table.add_argument("--generations", type=int, default=None,
                        help="generations per optimizer (default: 200, or 50 with --quick)")
