@@ -27,7 +27,7 @@ BASELINE = {"learning_rate": 0.01, "momentum": 0.0, "init_scale": 1.0}  # plain 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--data-dir", default="/work/shared/data/mnist")
+    p.add_argument("--data-dir", help="MNIST IDX files (default: $L2LJAX_MNIST_DIR, else ~/.cache/l2ljax/mnist)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--pop", type=int, default=12)
     p.add_argument("--generations", type=int, default=8)
@@ -35,12 +35,9 @@ def main() -> None:
     p.add_argument("--out")
     args = p.parse_args()
 
-    m = data.load_mnist(args.data_dir)
-    x = data.normalize(m.train_images).reshape(len(m.train_images), -1)
-    y = m.train_labels.astype(np.int32)
-    x_test = data.normalize(m.test_images).reshape(len(m.test_images), -1)
-    y_test = m.test_labels.astype(np.int32)
-    splits = {"train": (x[:50000], y[:50000]), "validation": (x[50000:], y[50000:]), "n_steps": args.steps,
+    flat = data.flat_splits(data.load_mnist(args.data_dir))
+    x_test, y_test = flat["test"]
+    splits = {"train": flat["train"], "validation": flat["validation"], "n_steps": args.steps,
               "batch_size": 64}
     model = Mlp(hidden=(64,), use_bias=True)
     hpo = InnerTraining(model, lambda h: optax.sgd(h["learning_rate"], momentum=h["momentum"]),

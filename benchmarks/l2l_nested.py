@@ -27,7 +27,7 @@ REFERENCE = (0.01, 30, 1)  # γ of LOD 2020, the largest ensemble of the range, 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--data-dir", default="/work/shared/data/mnist")
+    p.add_argument("--data-dir", help="MNIST IDX files (default: $L2LJAX_MNIST_DIR, else ~/.cache/l2ljax/mnist)")
     p.add_argument("--batches", type=int, default=50)
     p.add_argument("--pop", type=int, default=8)
     p.add_argument("--generations", type=int, default=6)
@@ -36,12 +36,9 @@ def main() -> None:
     p.add_argument("--out")
     args = p.parse_args()
 
-    m = data.load_mnist(args.data_dir)
-    x = data.normalize(m.train_images).reshape(len(m.train_images), -1)
-    y = m.train_labels.astype(np.int32)
-    x_test = data.normalize(m.test_images).reshape(len(m.test_images), -1)
-    y_test = m.test_labels.astype(np.int32)
-    nested = NestedEnKF(Mlp(hidden=(10,)), train=(x[:50000], y[:50000]), validation=(x[50000:], y[50000:]),
+    flat = data.flat_splits(data.load_mnist(args.data_dir))
+    x_test, y_test = flat["test"]
+    nested = NestedEnKF(Mlp(hidden=(10,)), train=flat["train"], validation=flat["validation"],
                         n_batches=args.batches, batch_size=32, init_std=0.1, n_seeds=args.inner_seeds)
     problem = nested.optimizee(jax.random.key(0))
     opt = l2ljax.GeneticAlgorithm(problem, pop_size=args.pop)
