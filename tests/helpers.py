@@ -87,3 +87,12 @@ def assert_nan_region_never_selected(result, *, probed_fraction, best_fitness_be
     assert np.all(np.isfinite(result.trajectory["best_score"]))
     assert_finite(result.state.inner if finite is None else finite)
     assert result.best_fitness[0] < best_fitness_below
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process runs (zombies, which only wait for init to reap them, count as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

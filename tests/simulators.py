@@ -91,7 +91,8 @@ def nest_with_faults(individual, seed):
     from l2ljax.optimizees import nest as sp
 
     network = sp.Network()
-    if float(individual["growth_rate_e"]) > 5:
+    if float(individual["growth_rate_e"]) > 5:  # a long simulation, so the kill lands inside it on any machine
+        network = sp.Network(t_sim_ms=1_000_000.0)
         threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGKILL)).start()
     if float(individual["growth_rate_i"]) > 8:
         network = sp.Network(t_sim_ms=1_000_000.0)

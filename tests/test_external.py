@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import simulators
+from helpers import process_alive
 
 import l2ljax
 from l2ljax.optimizees.external import WorkerPool, worker_pool_optimizee
@@ -164,7 +165,7 @@ def sleepers(tag: str) -> list[int]:
         if entry.name.isdigit():
             try:
                 with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                    if f.read().split(b"\0")[:2] == [b"sleep", tag.encode()] and _alive(int(entry.name)):
+                    if f.read().split(b"\0")[:2] == [b"sleep", tag.encode()] and process_alive(int(entry.name)):
                         found.append(int(entry.name))
             except OSError:
                 continue
@@ -239,15 +240,7 @@ def test_workers_and_their_programs_exit_when_their_run_is_killed(sleep_tag):
         assert wait_for(lambda: len(sleepers(sleep_tag)) == 4, 60)  # both calls hang with their programs
         run.send_signal(signal.SIGKILL)  # no cleanup runs in the parent
         run.wait()
-        assert wait_for(lambda: not any(_alive(pid) for pid in pids) and not sleepers(sleep_tag))
+        assert wait_for(lambda: not any(process_alive(pid) for pid in pids) and not sleepers(sleep_tag))
     finally:
         run.kill()
 
-
-def _alive(pid: int) -> bool:
-    """Whether a process runs (zombies, which only wait for init to reap them, count as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 import pytest
 import simulators
+from helpers import process_alive
 
 import l2ljax
 
@@ -105,7 +106,7 @@ def test_nest_faults_score_nan_are_logged_with_the_individual_and_the_run_goes_o
         pids = pool.pids()
     finally:
         pool.close()
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
 
 
 def test_kill_9_resume_and_mpi_ranks_give_the_trajectory_of_one_uninterrupted_run(tmp_path):
@@ -129,9 +130,9 @@ def test_kill_9_resume_and_mpi_ranks_give_the_trajectory_of_one_uninterrupted_ru
         run.kill()
     assert len(l2ljax.load_trajectory(killed)["generation"]) in (1, 2)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+    while time.monotonic() < deadline and any(process_alive(pid) for pid in workers):
         time.sleep(0.2)
-    assert not any(_alive(pid) for pid in workers)  # the killed run's NEST workers ended with it
+    assert not any(process_alive(pid) for pid in workers)  # the killed run's NEST workers ended with it
     done = subprocess.run([sys.executable, str(WORKER), str(killed), "3", "--resume"], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -168,10 +169,3 @@ def test_bad_settings_are_named_errors():
     paper = sp.Network.paper_scale()
     assert (paper.n_excitatory, paper.n_inhibitory, paper.t_sim_ms, paper.resolution_ms) == (800, 200, 200_000.0, 0.1)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
