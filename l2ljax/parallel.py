@@ -167,8 +167,37 @@ class Coordinator(Protocol):
 
     def settle(self, stop: bool, error: BaseException | None) -> bool: ...
 
+    # Population-sized state (l2ljax.rows): identities unless the scheme shards state.
+    def shard(self, optimizer: Any) -> Any: ...
 
-class SingleProcess:
+    def own_rows(self, optimizer: Any, state: PyTree) -> PyTree: ...
+
+    def whole_state(self, optimizer: Any, state: PyTree, *, everywhere: bool = False) -> PyTree: ...
+
+    def whole_template(self, optimizer: Any, state: PyTree) -> PyTree: ...
+
+
+class _Replicated:
+    """Every process holds the whole state: the population-state members are identities."""
+
+    def shard(self, optimizer: Any) -> Any:
+        """The optimizer this scheme runs: ``optimizer`` itself (its state is not split)."""
+        return optimizer
+
+    def own_rows(self, optimizer: Any, state: PyTree) -> PyTree:
+        """This process's part of a whole state: all of it."""
+        return state
+
+    def whole_state(self, optimizer: Any, state: PyTree, *, everywhere: bool = False) -> PyTree:
+        """The whole state from every process's part (on the writer, or ``everywhere``)."""
+        return state
+
+    def whole_template(self, optimizer: Any, state: PyTree) -> PyTree:
+        """A state shaped like the whole state (what checkpoints hold)."""
+        return state
+
+
+class SingleProcess(_Replicated):
     """The coordinator of a run in one process on one device: every member is the identity."""
 
     is_writer = True
@@ -263,18 +292,28 @@ class Devices(SingleProcess):
         return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
 
 
-class MPI:
+class MPI(_Replicated):
     """One process per MPI rank; each rank scores its slice of the population.
 
     comm: an mpi4py communicator (default: a clone of ``COMM_WORLD``, so that l2ljax's messages
           never mix with the caller's). Needs ``mpi4py`` and ``mpi4jax`` (``pip install
           "l2ljax[mpi]"`` against the cluster's MPI).
 
+    shard_state: optimizers whose state is the population (``sharded_fields``: the EnKF
+          ensemble) keep only this rank's rows (:mod:`l2ljax.rows`, a balanced split): the
+          update is computed from per-rank partial sums (:mod:`l2ljax.kalman.eki`, "Sharded
+          ensembles"), nothing population-sized is gathered in the loop, and each rank holds
+          1/ranks of the ensemble. Checkpoints are whole (gathered to rank 0 when written), so
+          a run resumes on any number of ranks; ``RunResult.state`` is whole on every rank.
+          False: every rank keeps the whole state and only the evaluation is split.
+
     Every rank must call ``run`` with the same arguments. Rank 0 writes the run directory and
-    shows progress; a stop decided by a callback on rank 0 stops every rank.
+    shows progress; a stop decided by a callback on rank 0 stops every rank. Callbacks see the
+    rank's own state: with a sharded ensemble, use ``parallel.shard(opt)`` for its figures
+    (e.g. ``shard(opt).ensemble_mean(state)``, an all-reduce every rank must call).
     """
 
-    def __init__(self, comm: Any = None):
+    def __init__(self, comm: Any = None, *, shard_state: bool = True):
         try:
             import mpi4jax  # noqa: F401 (checked here, used in map_rows)
             from mpi4py import MPI as _mpi
@@ -284,15 +323,83 @@ class MPI:
         self.comm = _world_clone(_mpi) if comm is None else comm
         self.rank, self.n_shards = self.comm.Get_rank(), self.comm.Get_size()
         self.is_writer = self.rank == 0
+        self.shard_state = bool(shard_state)
+        self._sharded: dict[int, tuple[Any, Any]] = {}  # id(optimizer) -> (optimizer, its sharded copy)
 
     def __repr__(self) -> str:
-        return f"MPI(rank {self.rank} of {self.n_shards})"
+        return f"MPI(rank {self.rank} of {self.n_shards}{'' if self.shard_state else ', replicated state'})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, MPI) and self.comm.py2f() == other.comm.py2f()
+        return (isinstance(other, MPI) and self.comm.py2f() == other.comm.py2f()
+                and self.shard_state == other.shard_state)
 
     def __hash__(self) -> int:
-        return hash(("MPI", self.comm.py2f()))
+        return hash(("MPI", self.comm.py2f(), self.shard_state))
+
+    # -- the engine of l2ljax.rows (traced)
+    def sum_over_shards(self, x: jax.Array) -> jax.Array:
+        import mpi4jax
+        from mpi4py import MPI as _mpi
+
+        return mpi4jax.allreduce(x, op=_mpi.SUM, comm=self.comm)
+
+    def gather_over_shards(self, x: jax.Array) -> jax.Array:
+        import mpi4jax
+
+        return mpi4jax.allgather(x, comm=self.comm)
+
+    # -- population-sized state
+    def _rows(self, optimizer: Any) -> Any:
+        from l2ljax.rows import Rows, split
+
+        start, count = split(optimizer.pop_size, self.n_shards, self.rank)
+        return Rows(optimizer.pop_size, start, count, self)
+
+    def _shards(self, optimizer: Any) -> bool:
+        return self.shard_state and self.n_shards > 1 and bool(getattr(optimizer, "sharded_fields", ()))
+
+    def shard(self, optimizer: Any) -> Any:
+        """The optimizer this rank runs: for one whose state is the population, a copy that holds
+        this rank's rows (``optimizer.replace(rows=...)``, made once per optimizer); else itself."""
+        if not self._shards(optimizer) or getattr(optimizer, "rows", None) is not None:
+            return optimizer
+        if optimizer.pop_size < self.n_shards:
+            raise ValueError(f"{optimizer.name}: pop_size={optimizer.pop_size} is smaller than the {self.n_shards} "
+                             "MPI ranks sharing its ensemble; use fewer ranks or MPI(shard_state=False)")
+        kept = self._sharded.get(id(optimizer))
+        if kept is None or kept[0] is not optimizer:
+            kept = (optimizer, optimizer.replace(rows=self._rows(optimizer)))
+            self._sharded[id(optimizer)] = kept
+        return kept[1]
+
+    def own_rows(self, optimizer: Any, state: PyTree) -> PyTree:
+        """This rank's rows of a whole state (e.g. a resumed checkpoint)."""
+        if not self._shards(optimizer):
+            return state
+        rows = self._rows(optimizer)
+        return _map_sharded(optimizer, state, lambda x: x[rows.start:rows.start + rows.count])
+
+    def whole_state(self, optimizer: Any, state: PyTree, *, everywhere: bool = False) -> PyTree:
+        """Every rank's rows joined into the whole state: on rank 0 (the writer; the others keep
+        their rows), or on every rank with ``everywhere``. A host-side gather every rank calls;
+        for checkpoints and the result, never inside the loop."""
+        if not self._shards(optimizer):
+            return state
+
+        def join(x: jax.Array) -> jax.Array:
+            local = np.asarray(x)
+            parts = self.comm.allgather(local) if everywhere else self.comm.gather(local, root=0)
+            return x if parts is None else jnp.asarray(np.concatenate(parts))
+
+        return _map_sharded(optimizer, state, join)
+
+    def whole_template(self, optimizer: Any, state: PyTree) -> PyTree:
+        """``state`` with its sharded fields as zeros of the whole population's shape (``np.zeros``
+        maps no memory until written): the shapes a checkpoint holds."""
+        if not self._shards(optimizer):
+            return state
+        return _map_sharded(optimizer, state,
+                            lambda x: np.zeros((optimizer.pop_size, *x.shape[1:]), np.dtype(x.dtype)))
 
     def map_rows(self, compute: Callable[[PyTree], PyTree], rows: PyTree) -> PyTree:
         """``compute`` of this rank's rows, gathered from every rank; traced inside ``jit``."""
@@ -372,6 +479,14 @@ class MPI:
         return [part for part, _ in gathered]
 
 
+def _map_sharded(optimizer: Any, state: PyTree, fn: Callable[[Any], Any]) -> PyTree:
+    """``state`` with ``fn`` applied to the optimizer's population-sized fields of ``state.inner``."""
+    inner = state.inner
+    changes = {name: fn(getattr(inner, name)) for name in optimizer.sharded_fields
+               if getattr(inner, name) is not None}
+    return state.replace(inner=inner._replace(**changes))
+
+
 _WORLD_CLONE: Any = None
 
 
@@ -396,7 +511,7 @@ def coordinator(parallel: Coordinator | str | None) -> Coordinator:
         parallel = by_name(parallel)
     if parallel is None:
         return SingleProcess()
-    missing = [name for name in ("is_writer", "map_rows", "settle", "agree") if not hasattr(parallel, name)]
+    missing = [name for name in ("is_writer", "map_rows", "settle", "agree", "shard") if not hasattr(parallel, name)]
     if missing:
         raise TypeError(f"parallel must be None, one of {NAMES} or an l2ljax.parallel scheme (Devices(), MPI()), "
                         f"got {parallel!r}")
