@@ -68,7 +68,28 @@ from the evolving ``U`` at every step of a ``lax.scan``. It equals B successive 
 members are resampled once, after the last sample.
 
 Random keys (the first argument, always): ``k_obs, k_resample = jax.random.split(key)``; sample d
-(d = 0 for ``eki_update``) draws its perturbations from ``jax.random.fold_in(k_obs, d)``.
+(d = 0 for ``eki_update``) draws its perturbations from ``jax.random.fold_in(k_obs, d)``, member j
+its row from ``fold_in(fold_in(k_obs, d), j)`` (resampling and additive inflation likewise from
+their keys folded with j), so that an ensemble split by rows draws the same numbers.
+
+Sharded ensembles (``rows=``, :mod:`l2ljax.rows`; issue #14). With the members split over R
+ranks, rank r holding rows ``U_r`` (J_r, P) and their outputs ``G_r``, every quantity above is a
+sum over members, so each rank computes its partial sums and one all-reduce makes them global:
+the valid count and the means ``ū, Ḡ`` (P + M numbers), ``C_pp = Σ_r A_rᵀA_r`` (M × M) and
+``C_upᵀ = Σ_r A_rᵀE_r`` (M × P); then rank r updates its own rows, ``ΔU_r = D_r (C_pp + Γ/h)⁻¹ C_upᵀ``
+(its innovations ``D_r``, the replicated M × M Cholesky). Only the observation form shards: the
+ensemble form's J × J system couples every member, as does ETKI's transform (both refused on
+shards). The sample-sequential composition shards the same way: ``Σ_r A_rᵀL_r`` (BK × BK) and
+``Σ_r S_r U_r`` (BK × P) are its two all-reduces. Per iteration and rank (float32)::
+
+    replicated:  4·J·M·P flops (the whole update on every rank) + the outputs all-gathered, 4·J·M bytes
+    sharded:     4·(J/R)·M·P flops + a ring all-reduce of ≈ 2·4·(M·P + M²) bytes; ensemble 4·J·P/R bytes
+
+For the LOD CNN (P = 18,050, M = 640) the all-reduce is ≈ 94 MB per rank whatever J, so with an
+H100's ~50 TFLOP/s and 25 GB/s between nodes sharding pays above J ≈ 3,700 members (≈ 225 over
+NVLink); at J = 100,000 on 64 ranks the update takes ≈ 5 ms instead of 104 ms and each rank holds
+113 MB of ensemble instead of 7.2 GB (``benchmarks/shard_cost_model.py``; assumptions, not
+measurements).
 
 Mapping from L2L's ``EnsembleKalmanFilterParameters``: ``gamma`` → ``noise`` (L2L turned γ = 0
 into I and silently dropped any nonzero scalar γ; here a scalar is always γ I), ``pop_size`` /
