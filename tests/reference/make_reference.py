@@ -7,7 +7,8 @@ machine's vector instruction set (XLA:CPU's code, hence its rounding, depends on
 to float32 rounding elsewhere. The file was recorded before the run layer's refactor (issue #8);
 a later change of numbers must be a documented change. Re-recorded since: EnKF-stochastic (each
 member's perturbations drawn from its own row key, so that a sharded ensemble draws the same
-numbers; issue #14).
+numbers; issue #14), SA and SA-linear_additive (each chain's proposal noise from its own row key,
+so that chains split over ranks draw the same numbers; issue #14).
 """
 
 import sys
