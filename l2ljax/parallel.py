@@ -270,11 +270,22 @@ class MPI:
           never mix with the caller's). Needs ``mpi4py`` and ``mpi4jax`` (``pip install
           "l2ljax[mpi]"`` against the cluster's MPI).
 
+    timeout: seconds a rank may spend in one phase of the run loop (a chunk, writing the run
+          directory and calling the callbacks, or waiting for the other ranks) before the job is
+          aborted; default ``L2LJAX_RANK_TIMEOUT``, else max(600 s, 10 × the longest that phase
+          took so far); ``math.inf``: never. See :mod:`l2ljax.run.watchdog`.
+
     Every rank must call ``run`` with the same arguments. Rank 0 writes the run directory and
-    shows progress; a stop decided by a callback on rank 0 stops every rank.
+    shows progress; a stop decided by a callback on rank 0 stops every rank. An exception on
+    any rank is raised on every rank. A rank that hangs (a callback or simulator that never
+    returns) or dies is caught by a per-phase deadline: the rank that sees it passed prints one
+    line to stderr naming the rank, the phase and the time, and calls ``comm.Abort(1)``, which
+    ends every rank under any launcher (mpich's ``mpirun`` and ``srun`` also end the job at once
+    when a rank is killed). The first chunk of each run, which compiles, and the check before
+    it, where ranks still load their data, get at least ``L2LJAX_SETUP_TIMEOUT`` (default 1 h).
     """
 
-    def __init__(self, comm: Any = None):
+    def __init__(self, comm: Any = None, timeout: float | None = None):
         try:
             import mpi4jax  # noqa: F401 (checked here, used in map_rows)
             from mpi4py import MPI as _mpi
@@ -284,6 +295,9 @@ class MPI:
         self.comm = _world_clone(_mpi) if comm is None else comm
         self.rank, self.n_shards = self.comm.Get_rank(), self.comm.Get_size()
         self.is_writer = self.rank == 0
+        from l2ljax.run.watchdog import Watchdog  # here: l2ljax.run imports this module
+
+        self.watchdog = Watchdog(self.rank, self.n_shards, lambda: self.comm.Abort(1), timeout)
 
     def __repr__(self) -> str:
         return f"MPI(rank {self.rank} of {self.n_shards})"
@@ -319,7 +333,8 @@ class MPI:
         mine = rows[self.rank * per_shard:(self.rank + 1) * per_shard]
         result, error = None, None
         try:
-            result = compute(mine, seed, self.rank * per_shard) if len(mine) else None
+            with self.watchdog.phase("simulator", "the host simulator (its rows of the population)"):
+                result = compute(mine, seed, self.rank * per_shard) if len(mine) else None
         except Exception as failure:  # re-raised below, on every rank
             error = failure
         parts = self._gather_or_raise(result, error)
@@ -330,13 +345,16 @@ class MPI:
 
     def agree(self, value: Any) -> Any:
         """Rank 0's value on every rank (e.g. whether to stop): ranks never take different paths."""
-        return self.comm.bcast(value, root=0)
+        with self.watchdog.phase("agree", "rank 0's decision (agree)", waits=True):
+            return self.comm.bcast(value, root=0)
 
     def check_same(self, fingerprint: dict[str, str]) -> None:
         """Raise on every rank, naming the fields and ranks, unless every rank has rank 0's
         ``fingerprint`` (digests of the key, optimizer, optimizee, hyperparameters and versions):
         ranks called differently would diverge silently or deadlock in a collective."""
-        everyone = self.comm.allgather(fingerprint)
+        with self.watchdog.phase("check_same", "the check that every rank runs the same run", waits=True,
+                                 setup=True):
+            everyone = self.comm.allgather(fingerprint)
         differing = {field: [r for r, theirs in enumerate(everyone) if theirs.get(field) != value]
                      for field, value in everyone[0].items()}
         differing = {field: ranks for field, ranks in differing.items() if ranks}
@@ -363,7 +381,8 @@ class MPI:
 
     def _gather_or_raise(self, value: Any, error: BaseException | None) -> list:
         """Every rank's ``value``; or, if any rank had an ``error``, raise there and on every other rank."""
-        gathered = self.comm.allgather((value, None if error is None else f"{type(error).__name__}: {error}"))
+        with self.watchdog.phase("exchange", "the exchange of errors and stops", waits=True):
+            gathered = self.comm.allgather((value, None if error is None else f"{type(error).__name__}: {error}"))
         if error is not None:
             raise error
         for rank, (_, message) in enumerate(gathered):
