@@ -59,7 +59,7 @@ def seconds_setting(value: float | str | None, variable: str, default: float | N
     return seconds
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # removed by identity: two phases may hold equal fields
 class _Phase:
     key: str
     description: str
