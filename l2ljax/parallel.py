@@ -300,20 +300,30 @@ class MPI(_Replicated):
           "l2ljax[mpi]"`` against the cluster's MPI).
 
     shard_state: optimizers whose state is the population (``sharded_fields``: the EnKF
-          ensemble) keep only this rank's rows (:mod:`l2ljax.rows`, a balanced split): the
-          update is computed from per-rank partial sums (:mod:`l2ljax.kalman.eki`, "Sharded
-          ensembles"), nothing population-sized is gathered in the loop, and each rank holds
-          1/ranks of the ensemble. Checkpoints are whole (gathered to rank 0 when written), so
-          a run resumes on any number of ranks; ``RunResult.state`` is whole on every rank.
+          ensemble, SA's chains) keep only this rank's rows (:mod:`l2ljax.rows`, a balanced
+          split): the update is computed from per-rank partial sums (:mod:`l2ljax.kalman.eki`,
+          "Sharded ensembles"), nothing population-sized is gathered in the loop, and each rank
+          holds 1/ranks of the ensemble. Checkpoints are whole (gathered to rank 0 when written),
+          so a run resumes on any number of ranks; ``RunResult.state`` is whole on every rank.
           False: every rank keeps the whole state and only the evaluation is split.
+    timeout: seconds a rank may spend in one phase of the run loop (a chunk, writing the run
+          directory and calling the callbacks, or waiting for the other ranks) before the job is
+          aborted; default ``L2LJAX_RANK_TIMEOUT``, else max(600 s, 10 × the longest that phase
+          took so far); ``math.inf``: never. See :mod:`l2ljax.run.watchdog`.
 
     Every rank must call ``run`` with the same arguments. Rank 0 writes the run directory and
     shows progress; a stop decided by a callback on rank 0 stops every rank. Callbacks see the
-    rank's own state: with a sharded ensemble, use ``parallel.shard(opt)`` for its figures
-    (e.g. ``shard(opt).ensemble_mean(state)``, an all-reduce every rank must call).
+    rank's own state: with a sharded ensemble, use ``MPI().shard(opt)`` for its figures (e.g.
+    ``shard(opt).ensemble_mean(state)``, an all-reduce every rank must call). An exception on
+    any rank is raised on every rank. A rank that hangs (a callback or simulator that never
+    returns) or dies is caught by a per-phase deadline: the rank that sees it passed prints one
+    line to stderr naming the rank, the phase and the time, and calls ``comm.Abort(1)``, which
+    ends every rank under any launcher (mpich's ``mpirun`` and ``srun`` also end the job at once
+    when a rank is killed). The first chunk of each run, which compiles, and the check before
+    it, where ranks still load their data, get at least ``L2LJAX_SETUP_TIMEOUT`` (default 1 h).
     """
 
-    def __init__(self, comm: Any = None, *, shard_state: bool = True):
+    def __init__(self, comm: Any = None, timeout: float | None = None, *, shard_state: bool = True):
         try:
             import mpi4jax  # noqa: F401 (checked here, used in map_rows)
             from mpi4py import MPI as _mpi
@@ -325,6 +335,9 @@ class MPI(_Replicated):
         self.is_writer = self.rank == 0
         self.shard_state = bool(shard_state)
         self._sharded: dict[int, tuple[Any, Any]] = {}  # id(optimizer) -> (optimizer, its sharded copy)
+        from l2ljax.run.watchdog import Watchdog  # here: l2ljax.run imports this module
+
+        self.watchdog = Watchdog(self.rank, self.n_shards, lambda: self.comm.Abort(1), timeout)
 
     def __repr__(self) -> str:
         return f"MPI(rank {self.rank} of {self.n_shards}{'' if self.shard_state else ', replicated state'})"
@@ -426,7 +439,8 @@ class MPI(_Replicated):
         mine = rows[self.rank * per_shard:(self.rank + 1) * per_shard]
         result, error = None, None
         try:
-            result = compute(mine, seed, self.rank * per_shard) if len(mine) else None
+            with self.watchdog.phase("simulator", "the host simulator (its rows of the population)"):
+                result = compute(mine, seed, self.rank * per_shard) if len(mine) else None
         except Exception as failure:  # re-raised below, on every rank
             error = failure
         parts = self._gather_or_raise(result, error)
@@ -437,13 +451,16 @@ class MPI(_Replicated):
 
     def agree(self, value: Any) -> Any:
         """Rank 0's value on every rank (e.g. whether to stop): ranks never take different paths."""
-        return self.comm.bcast(value, root=0)
+        with self.watchdog.phase("agree", "rank 0's decision (agree)", waits=True):
+            return self.comm.bcast(value, root=0)
 
     def check_same(self, fingerprint: dict[str, str]) -> None:
         """Raise on every rank, naming the fields and ranks, unless every rank has rank 0's
         ``fingerprint`` (digests of the key, optimizer, optimizee, hyperparameters and versions):
         ranks called differently would diverge silently or deadlock in a collective."""
-        everyone = self.comm.allgather(fingerprint)
+        with self.watchdog.phase("check_same", "the check that every rank runs the same run", waits=True,
+                                 setup=True):
+            everyone = self.comm.allgather(fingerprint)
         differing = {field: [r for r, theirs in enumerate(everyone) if theirs.get(field) != value]
                      for field, value in everyone[0].items()}
         differing = {field: ranks for field, ranks in differing.items() if ranks}
@@ -470,7 +487,8 @@ class MPI(_Replicated):
 
     def _gather_or_raise(self, value: Any, error: BaseException | None) -> list:
         """Every rank's ``value``; or, if any rank had an ``error``, raise there and on every other rank."""
-        gathered = self.comm.allgather((value, None if error is None else f"{type(error).__name__}: {error}"))
+        with self.watchdog.phase("exchange", "the exchange of errors and stops", waits=True):
+            gathered = self.comm.allgather((value, None if error is None else f"{type(error).__name__}: {error}"))
         if error is not None:
             raise error
         for rank, (_, message) in enumerate(gathered):

@@ -46,6 +46,7 @@ from l2ljax.run.program import (
     make_step,
     record_level,
 )
+from l2ljax.run.watchdog import watching
 
 __all__ = ["Callback", "ProgressBar", "Program", "RunDirectory", "RunResult", "generation_keys", "make_record",
            "make_step", "record_level", "run", "run_many"]
@@ -161,18 +162,22 @@ def _loop(program: Program, rundir: RunDirectory, state: OptState, run_key: jax.
     """ask → evaluate → tell (compiled, in paced sub-chunks) → record, until done or stopped."""
     # checkpoints hold the whole state: a sharded one is gathered to the writer when it is saved
     unsaved = _Unsaved(lambda s: s if rundir.path is None else parallel.whole_state(optimizer, s))
+    watch, compiles = watching(parallel), True  # a rank that hangs ends the job
     while rundir.generation + unsaved.count < n_generations and not stopped:
-        started = time.perf_counter()
-        state, records, stopped = program.advance(state, run_key, rundir.generation + unsaved.count, n_generations,
-                                                  pace.steps(program.chunk_size - unsaved.count))
+        started, generation = time.perf_counter(), rundir.generation + unsaved.count
+        with watch("chunk", f"the chunk from generation {generation}", setup=compiles):
+            state, records, stopped = program.advance(state, run_key, generation, n_generations,
+                                                      pace.steps(program.chunk_size - unsaved.count))
+        compiles = False
         pace.observe(len(records["generation"]), time.perf_counter() - started)
         unsaved.add(records)
         interrupted = parallel.settle(interrupts.requested, None)  # every rank stops at the same generation
         try:  # record: on disk (every chunk_size generations), in the history, to the callbacks
-            if interrupted or stopped or unsaved.count >= program.chunk_size or \
-                    rundir.generation + unsaved.count >= n_generations:
-                unsaved.write_to(rundir, state, run_key)
-            stopped = _notify(callbacks, records, state) or stopped
+            with watch("record", "writing the run directory and calling the callbacks"):
+                if interrupted or stopped or unsaved.count >= program.chunk_size or \
+                        rundir.generation + unsaved.count >= n_generations:
+                    unsaved.write_to(rundir, state, run_key)
+                stopped = _notify(callbacks, records, state) or stopped
         except Exception as failure:  # raised on every rank, not only this one
             stopped = parallel.settle(stopped, failure)
         else:  # a callback's stop holds on every rank
