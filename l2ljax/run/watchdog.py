@@ -138,7 +138,8 @@ class Watchdog:
                     break
                 waits = [p.started + p.limit - now for p in self._armed]
                 self._changed.wait(min(waits) if waits else None)
-            self.fired = self.message(overdue[-1], now - overdue[-1].started)
+            stuck = self._armed[-1]  # the innermost phase is what blocks the outer ones
+            self.fired = self.message(stuck, now - stuck.started)
         stream = self.stream or sys.stderr
         stream.write(self.fired + "\n")
         stream.flush()
