@@ -191,6 +191,7 @@ def test_a_population_of_one_nested_run_is_the_single_run(mnist_small):
     assert np.isfinite(float(fitness[0, 0])) and float(fitness[0, 0]) == pytest.approx(float(single), abs=2.5e-3)
 
 
+@pytest.mark.slow  # compiles a 3-branch program and the masked one: ~1.5 min on 2 loaded cores
 @needs_mnist
 def test_bucketed_runs_one_at_a_time_give_the_fitness_of_the_masked_loop(mnist_small):
     """chunk=1 with ensemble buckets (each run holds the smallest bucket >= J and exactly its
