@@ -306,6 +306,16 @@ def check_weights(weights: Sequence[float]) -> tuple[float, ...]:
 # --------------------------------------------------------------------------- optimizee
 
 
+def map_rows(fn: Callable, individuals: Any, keys: Array, *shared: Any) -> Any:
+    """``vmap(fn)`` over individuals and keys (``shared`` broadcast), but a single row is called
+    directly: XLA in jaxlib 0.10.2 miscompiles some jitted vmaps over a batch of one on CPU
+    (garbage and NaN values; ``tests/test_jax_regressions.py``), and one row needs no vmap."""
+    if keys.shape[0] == 1:
+        first = jax.tree_util.tree_map(lambda a: a[0], individuals)
+        return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], fn(first, keys[0], *shared))
+    return jax.vmap(fn, in_axes=(0, 0) + (None,) * len(shared))(individuals, keys, *shared)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Optimizee:
     """The inner loop. The contract, one signature per kind:
@@ -395,10 +405,10 @@ class Optimizee:
         def score_rows(rows: tuple[Array, Array]) -> tuple[Array, Array | None]:
             rows_flat, rows_keys = rows
             if self.data is None:
-                return jax.vmap(self.fn)(self.space.to_pytree(rows_flat), rows_keys), None
+                return map_rows(self.fn, self.space.to_pytree(rows_flat), rows_keys), None
             if self.population_fn is not None:
                 return self.population_fn(rows_flat, rows_keys, inputs)
-            return jax.vmap(self.fn, in_axes=(0, 0, None))(self.space.to_pytree(rows_flat), rows_keys, inputs)
+            return map_rows(self.fn, self.space.to_pytree(rows_flat), rows_keys, inputs)
 
         if sharded:
             fitness, outputs = score_rows((population, keys))
