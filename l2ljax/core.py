@@ -422,7 +422,7 @@ class Optimizee:
                              f"{self.n_objectives} fitness weights")
         if self.noise_std > 0:
             shape = (rows.total_rows if sharded else n, fitness.shape[1])
-            noise = jax.random.normal(k_noise, shape, fitness.dtype)  # (J, objectives): small, drawn whole
+            noise = self.noise_std * jax.random.normal(k_noise, shape, fitness.dtype)  # (J, objectives): drawn whole
             fitness = fitness + (noise[rows.start:rows.start + n] if sharded else noise)
         return make_evaluation(fitness, self.weights, outputs, targets)
 
