@@ -3,7 +3,10 @@ job's processes and writes what it saw to ``OUT/rank<r>.json`` (and the numbers 
 ``OUT/rank<r>.npz``) for ``test_parallel.py`` to judge against runs in one process.
 
     L2LJAX_COORDINATOR=127.0.0.1:PORT L2LJAX_NUM_PROCESSES=N L2LJAX_PROCESS_ID=i python distributed_worker.py OUT
-    mpirun -n 2 python distributed_worker.py OUT --mpirun --quick   # the address comes through mpi4py
+    mpirun -n 2 python distributed_worker.py OUT --mpirun   # the coordinator's address comes through mpi4py
+
+The CE run and its checks always run; ``--enkf`` and ``--host`` add the EnKF run and the host
+simulator's (rows per process, a crash on the last process, a stop asked by rank 0).
 
 Without ``--mpirun``, mpi4py and mpi4jax are made unimportable first: the engine must not need MPI.
 Small problems and few compiled programs (each process compiles every program it runs): the
@@ -15,13 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-if "--mpirun" not in sys.argv:
+if __name__ == "__main__" and "--mpirun" not in sys.argv:
     sys.modules["mpi4py"] = sys.modules["mpi4jax"] = None  # import fails: no MPI at all
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from parallel_worker import linear_inverse_problem
+from helpers import linear_inverse_problem
 
 import l2ljax
 from l2ljax import parallel
@@ -77,10 +80,11 @@ def numbers(ce: l2ljax.RunResult, enkf: l2ljax.RunResult | None, host: l2ljax.Ru
     return out
 
 
-def main(out: Path, full: bool) -> None:
+def main(out: Path, checks: list[str]) -> None:
     started = time.perf_counter()
     scheme = parallel.Distributed()
     rank, problems = scheme.rank, Problems()
+    cpu = {"start": time.process_time()}
     report: dict = {"rank": rank, "processes": scheme.n_ranks, "shards": scheme.n_shards, "writer": scheme.is_writer,
                     "reused": parallel.Distributed() == scheme, "repr": repr(scheme), "auto": parallel.auto_choice()}
 
@@ -88,17 +92,22 @@ def main(out: Path, full: bool) -> None:
     ce = problems.ce_run(scheme, directory=out / f"run{rank}")
     report["ce_generations"] = ce.generations
     report["wrote"] = sorted(p.name for p in out.glob("run*"))
+    cpu["ce"] = time.process_time()
     # The writer refuses a directory that holds a run: every rank raises, none waits.
     report["refused"] = failure(lambda: problems.ce_run(scheme, directory=out / f"run{rank}"))
     # Ranks called with other keys are named before any collective.
     report["other_key"] = failure(lambda: l2ljax.run(problems.ce, problems.noisy, jax.random.key(rank), 10,
                                                      parallel=scheme))
+    cpu["checks"] = time.process_time()
     enkf = host = None
-    if full:
+    if "--enkf" in checks:
         enkf = problems.enkf_run(scheme)
+        cpu["enkf"] = time.process_time()
+    if "--host" in checks:
         problems.rows_seen.clear()
         host = problems.host_run(scheme)
         report["host_rows_seen"] = problems.rows_seen
+        cpu["host"] = time.process_time()
         # The simulator crashes on the last process only: every process raises instead of waiting.
         problems.crash_on_this_rank = rank == scheme.n_ranks - 1
         report["crashed"] = failure(lambda: problems.host_run(scheme))
@@ -107,9 +116,11 @@ def main(out: Path, full: bool) -> None:
         report["stopped_after"] = problems.host_run(scheme, 6, callbacks=[
             lambda record, state: rank == 0 and int(record["generation"]) == 1]).generations
     np.savez(out / f"rank{rank}.npz", **numbers(ce, enkf, host))
+    cpu["rest"] = time.process_time()
     report["seconds"] = time.perf_counter() - started
+    report["cpu_seconds"] = cpu
     (out / f"rank{rank}.json").write_text(json.dumps(report))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), full="--quick" not in sys.argv)
+    main(Path(sys.argv[1]), sys.argv[2:])
