@@ -16,14 +16,24 @@ on the split; a two-argument ``fn(population, seed)`` gets a seed of its own per
 - ``MPI``: one process per rank (``srun``/``mpirun``), rows gathered with mpi4jax inside the
   jitted step (``mpi4py`` for optimizees evaluated on the host). Rank 0 writes the run directory
   and shows progress; every rank returns the same result.
+- ``Distributed``: one process per rank joined by ``jax.distributed`` (multi-controller JAX), no
+  MPI needed: the jitted step is one program over a mesh of every process's devices (NCCL
+  between GPUs, gloo between CPU processes), the rows split and gathered as ``Devices`` does;
+  agreement on the host goes through JAX's own collectives. Rank 0 writes, as under ``MPI``.
 - ``SingleProcess``: the no-op scheme of a plain run (what ``parallel=None`` means).
-- ``auto()``: ``MPI`` when launched as several ranks, else ``Devices`` when there are several
-  local devices, else ``None`` (plain ``jit``).
+- ``auto()`` picks, in this order: the engine named by ``$L2LJAX_PARALLEL`` (``none``,
+  ``devices``, ``mpi``, ``distributed``); ``Distributed`` for a launch by hand
+  (``L2LJAX_NUM_PROCESSES`` > 1); for several ranks of a launcher (``srun``, ``mpirun``) ``MPI``
+  if mpi4jax imports, else ``Distributed``; ``Devices`` when this process has several
+  accelerators; else ``None`` (plain ``jit``). Which to install: mpi4jax where a system MPI is
+  what the site has (CPU clusters, a CUDA-aware MPI); multi-controller JAX on GPU clusters (JAX's
+  own route: NCCL between GPUs, nothing to build against the site) and wherever there is no MPI.
 
 A population whose size is not a multiple of the shard count is padded with copies of its first
 row, which are scored and dropped: no ragged-shape errors, at most ``shards - 1`` wasted rows.
 
-Example (``srun -n 4 python train.py``, or ``mpirun -n 4``)::
+Example (``srun -n 4 python train.py``, or ``mpirun -n 4``; ``L2LJAX_PARALLEL=distributed`` for
+multi-controller JAX)::
 
     result = l2ljax.run(opt, problem, key, 100, parallel=l2ljax.parallel.auto(), directory="runs/a")
 """
