@@ -266,8 +266,9 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     title = (f"EnKF, LOD CNN, J={args.members}, batch {args.batch}, gamma={args.gamma}, "
              f"{args.repetitions} reps, {args.mode}, {strategy_label(args)}")
 
-    def test_row(iteration: int, state) -> None:
-        mean = opt.mean_flat(state)
+    mine = opt if scheme is None else scheme.shard(opt)  # what a rank's callbacks see: its rows of the ensemble
+
+    def test_row(iteration: int, mean) -> None:
         acc = dataset_accuracy(ensemble, mean, test_images, test_labels)
         curve.append([iteration, acc, time.perf_counter() - start])
         curve.sort(key=lambda row: row[0])
@@ -279,8 +280,10 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     def evaluate(record: dict, state) -> None:
         iteration = int(record["generation"]) + 1
         at_save = iteration % args.eval_every == 0 or iteration == args.iterations  # saves come every eval_every
-        if writer and at_save and iteration == int(state.generation):
-            test_row(iteration, state)
+        if at_save and iteration == int(state.generation):
+            mean = mine.mean_flat(state)  # on a sharded ensemble, an all-reduce of every rank
+            if writer:
+                test_row(iteration, mean)
 
     def describe(record: dict, state) -> str:
         accuracy = f"test accuracy {100 * curve[-1][1]:.2f} % (iteration {curve[-1][0]})" if curve else \
@@ -291,7 +294,7 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
         # A kill between the checkpoint and the test of that iteration would lose its row for good: test it now.
         saved, _, saved_generation = traj.load_checkpoint(out, opt.init(jax.random.key(args.seed), params))
         if saved_generation > 0 and saved_generation not in [row[0] for row in curve]:
-            test_row(saved_generation, saved)
+            test_row(saved_generation, opt.mean_flat(saved))
 
     if writer:
         print(f"EnKF on MNIST: {title}; {problem.space.dim} parameters; {args.iterations} iterations; "

@@ -306,6 +306,16 @@ def check_weights(weights: Sequence[float]) -> tuple[float, ...]:
 # --------------------------------------------------------------------------- optimizee
 
 
+def map_rows(fn: Callable, individuals: Any, keys: Array, *shared: Any) -> Any:
+    """``vmap(fn)`` over individuals and keys (``shared`` broadcast), but a single row is called
+    directly: XLA in jaxlib 0.10.2 miscompiles some jitted vmaps over a batch of one on CPU
+    (garbage and NaN values; ``tests/test_jax_regressions.py``), and one row needs no vmap."""
+    if keys.shape[0] == 1:
+        first = jax.tree_util.tree_map(lambda a: a[0], individuals)
+        return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], fn(first, keys[0], *shared))
+    return jax.vmap(fn, in_axes=(0, 0) + (None,) * len(shared))(individuals, keys, *shared)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Optimizee:
     """The inner loop. The contract, one signature per kind:
@@ -378,26 +388,32 @@ class Optimizee:
         return len(self.weights)
 
     def evaluate_flat(self, key: Array, population: Array, generation: Array | int = 0,
-                      parallel: Any = None) -> Evaluation:
+                      parallel: Any = None, rows: Any = None) -> Evaluation:
         """Score a flat ``(J, dim)`` population: vmap of ``fn`` over individuals (jittable).
 
         parallel: an ``l2ljax.parallel`` scheme that splits the rows over devices or ranks. Keys
         are drawn for the whole population first, so the numbers do not depend on the split.
+        rows: ``population`` is this shard's rows of a sharded population (:mod:`l2ljax.rows`):
+        they are scored here, with their rows of the whole population's keys, and not split again.
         """
         n = population.shape[0]
+        sharded = rows is not None and not rows.whole
         k_eval, k_noise = jax.random.split(key)
-        keys = jax.random.split(k_eval, n)
+        keys = rows.keys(k_eval) if sharded else jax.random.split(k_eval, n)
         inputs, targets = (None, None) if self.data is None else self.data(jnp.asarray(generation))
 
         def score_rows(rows: tuple[Array, Array]) -> tuple[Array, Array | None]:
             rows_flat, rows_keys = rows
             if self.data is None:
-                return jax.vmap(self.fn)(self.space.to_pytree(rows_flat), rows_keys), None
+                return map_rows(self.fn, self.space.to_pytree(rows_flat), rows_keys), None
             if self.population_fn is not None:
                 return self.population_fn(rows_flat, rows_keys, inputs)
-            return jax.vmap(self.fn, in_axes=(0, 0, None))(self.space.to_pytree(rows_flat), rows_keys, inputs)
+            return map_rows(self.fn, self.space.to_pytree(rows_flat), rows_keys, inputs)
 
-        fitness, outputs = coordinator(parallel).map_rows(score_rows, (population, keys))
+        if sharded:
+            fitness, outputs = score_rows((population, keys))
+        else:
+            fitness, outputs = coordinator(parallel).map_rows(score_rows, (population, keys))
         if outputs is not None:  # only optimizees with data produce outputs for Kalman methods
             outputs, targets = outputs.reshape(n, -1), jnp.ravel(targets)
         fitness = jnp.asarray(fitness).reshape(n, -1)
@@ -405,7 +421,9 @@ class Optimizee:
             raise ValueError(f"{self.name} returned {fitness.shape[1]} objectives but has "
                              f"{self.n_objectives} fitness weights")
         if self.noise_std > 0:
-            fitness = fitness + self.noise_std * jax.random.normal(k_noise, fitness.shape, fitness.dtype)
+            shape = (rows.total_rows if sharded else n, fitness.shape[1])
+            noise = self.noise_std * jax.random.normal(k_noise, shape, fitness.dtype)  # (J, objectives): drawn whole
+            fitness = fitness + (noise[rows.start:rows.start + n] if sharded else noise)
         return make_evaluation(fitness, self.weights, outputs, targets)
 
     def evaluate_host(self, key: Array, population: Array, generation: int = 0, parallel: Any = None
@@ -510,6 +528,10 @@ class Optimizer(Frozen):
 
     Params: type = NoParams
     name: str = "optimizer"
+    # Optimizers whose state is the population name its population-sized fields (of ``inner``);
+    # a sharding coordinator then gives them ``rows`` (l2ljax.rows) and keeps only those rows.
+    sharded_fields: tuple[str, ...] = ()
+    rows: Any = None
 
     def __init__(self, space: Space | Optimizee, pop_size: int):
         self.space = space.space if isinstance(space, Optimizee) else space
@@ -586,12 +608,16 @@ class Optimizer(Frozen):
         score = jnp.where(jnp.isnan(evaluation.score), -jnp.inf, evaluation.score)
         evaluation = evaluation._replace(score=score)
         inner = self._tell(state.inner, population, evaluation, state.params)
-        i = jnp.argmax(score)
-        better = score[i] > state.best_score
+        if self.rows is None:
+            i = jnp.argmax(score)
+            top_score, top_x = score[i], population[i]
+        else:  # a shard's rows: the best of every shard
+            top_score, top_x = self.rows.best(score, population)
+        better = top_score > state.best_score
         return state.replace(
             inner=inner,
-            best_x=jnp.where(better, population[i], state.best_x),
-            best_score=jnp.where(better, score[i], state.best_score).astype(state.best_score.dtype),
+            best_x=jnp.where(better, top_x, state.best_x),
+            best_score=jnp.where(better, top_score, state.best_score).astype(state.best_score.dtype),
             generation=state.generation + 1,
         )
 

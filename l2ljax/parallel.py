@@ -40,6 +40,7 @@ multi-controller JAX)::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -180,8 +181,37 @@ class Coordinator(Protocol):
 
     def settle(self, stop: bool, error: BaseException | None) -> bool: ...
 
+    # Population-sized state (l2ljax.rows): identities unless the scheme shards state.
+    def shard(self, optimizer: Any) -> Any: ...
 
-class SingleProcess:
+    def own_rows(self, optimizer: Any, state: PyTree) -> PyTree: ...
+
+    def whole_state(self, optimizer: Any, state: PyTree, *, everywhere: bool = False) -> PyTree: ...
+
+    def whole_template(self, optimizer: Any, state: PyTree) -> PyTree: ...
+
+
+class _Replicated:
+    """Every process holds the whole state: the population-state members are identities."""
+
+    def shard(self, optimizer: Any) -> Any:
+        """The optimizer this scheme runs: ``optimizer`` itself (its state is not split)."""
+        return optimizer
+
+    def own_rows(self, optimizer: Any, state: PyTree) -> PyTree:
+        """This process's part of a whole state: all of it."""
+        return state
+
+    def whole_state(self, optimizer: Any, state: PyTree, *, everywhere: bool = False) -> PyTree:
+        """The whole state from every process's part (on the writer, or ``everywhere``)."""
+        return state
+
+    def whole_template(self, optimizer: Any, state: PyTree) -> PyTree:
+        """A state shaped like the whole state (what checkpoints hold)."""
+        return state
+
+
+class SingleProcess(_Replicated):
     """The coordinator of a run in one process on one device: every member is the identity."""
 
     is_writer = True
@@ -280,7 +310,9 @@ class _Ranks:
     """The host-side agreement of engines with one process per rank, declared once.
 
     Subclasses set ``rank``, ``n_ranks`` and ``ranks_name`` (for messages) and give
-    ``_allgather`` (every rank's picklable value, in rank order) and ``agree``.
+    ``_allgather`` (every rank's picklable value, in rank order); ``_broadcast`` defaults to rank
+    0's entry of it. Each exchange runs in a phase of the scheme's watchdog, if it has one
+    (:mod:`l2ljax.run.watchdog`).
     """
 
     rank: int
@@ -290,9 +322,18 @@ class _Ranks:
     def _allgather(self, value: Any) -> list:
         raise NotImplementedError
 
+    def _broadcast(self, value: Any) -> Any:
+        return self._allgather(value)[0]
+
+    def _phase(self, key: str, description: str, **options: bool) -> contextlib.AbstractContextManager:
+        from l2ljax.run.watchdog import watching  # here: l2ljax.run imports this module
+
+        return watching(self)(key, description, **options)
+
     def agree(self, value: Any) -> Any:
         """Rank 0's value on every rank (e.g. whether to stop): ranks never take different paths."""
-        return self._allgather(value)[0]
+        with self._phase("agree", "rank 0's decision (agree)", waits=True):
+            return self._broadcast(value)
 
     def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
                       ) -> np.ndarray:
@@ -304,7 +345,8 @@ class _Ranks:
         mine = rows[self.rank * per_rank:(self.rank + 1) * per_rank]
         result, error = None, None
         try:
-            result = compute(mine, seed, self.rank * per_rank) if len(mine) else None
+            with self._phase("simulator", "the host simulator (its rows of the population)"):
+                result = compute(mine, seed, self.rank * per_rank) if len(mine) else None
         except Exception as failure:  # re-raised below, on every rank
             error = failure
         parts = self._gather_or_raise(result, error)
@@ -314,7 +356,8 @@ class _Ranks:
         """Raise on every rank, naming the fields and ranks, unless every rank has rank 0's
         ``fingerprint`` (digests of the key, optimizer, optimizee, hyperparameters and versions):
         ranks called differently would diverge silently or deadlock in a collective."""
-        everyone = self._allgather(fingerprint)
+        with self._phase("check_same", "the check that every rank runs the same run", waits=True, setup=True):
+            everyone = self._allgather(fingerprint)
         differing = {field: [r for r, theirs in enumerate(everyone) if theirs.get(field) != value]
                      for field, value in everyone[0].items()}
         differing = {field: ranks for field, ranks in differing.items() if ranks}
@@ -333,7 +376,8 @@ class _Ranks:
 
     def _gather_or_raise(self, value: Any, error: BaseException | None) -> list:
         """Every rank's ``value``; or, if any rank had an ``error``, raise there and on every other rank."""
-        gathered = self._allgather((value, None if error is None else f"{type(error).__name__}: {error}"))
+        with self._phase("exchange", "the exchange of errors and stops", waits=True):
+            gathered = self._allgather((value, None if error is None else f"{type(error).__name__}: {error}"))
         if error is not None:
             raise error
         for rank, (_, message) in enumerate(gathered):
@@ -342,20 +386,40 @@ class _Ranks:
         return [part for part, _ in gathered]
 
 
-class MPI(_Ranks):
+class MPI(_Ranks, _Replicated):
     """One process per MPI rank; each rank scores its slice of the population.
 
     comm: an mpi4py communicator (default: a clone of ``COMM_WORLD``, so that l2ljax's messages
           never mix with the caller's). Needs ``mpi4py`` and ``mpi4jax`` (``pip install
           "l2ljax[mpi]"`` against the cluster's MPI).
 
+    shard_state: optimizers whose state is the population (``sharded_fields``: the EnKF
+          ensemble, SA's chains) keep only this rank's rows (:mod:`l2ljax.rows`, a balanced
+          split): the update is computed from per-rank partial sums (:mod:`l2ljax.kalman.eki`,
+          "Sharded ensembles"), nothing population-sized is gathered in the loop, and each rank
+          holds 1/ranks of the ensemble. Checkpoints are whole (gathered to rank 0 when written),
+          so a run resumes on any number of ranks; ``RunResult.state`` is whole on every rank.
+          False: every rank keeps the whole state and only the evaluation is split.
+    timeout: seconds a rank may spend in one phase of the run loop (a chunk, writing the run
+          directory and calling the callbacks, or waiting for the other ranks) before the job is
+          aborted; default ``L2LJAX_RANK_TIMEOUT``, else max(600 s, 10 × the longest that phase
+          took so far); ``math.inf``: never. See :mod:`l2ljax.run.watchdog`.
+
     Every rank must call ``run`` with the same arguments. Rank 0 writes the run directory and
-    shows progress; a stop decided by a callback on rank 0 stops every rank.
+    shows progress; a stop decided by a callback on rank 0 stops every rank. Callbacks see the
+    rank's own state: with a sharded ensemble, use ``MPI().shard(opt)`` for its figures (e.g.
+    ``shard(opt).ensemble_mean(state)``, an all-reduce every rank must call). An exception on
+    any rank is raised on every rank. A rank that hangs (a callback or simulator that never
+    returns) or dies is caught by a per-phase deadline: the rank that sees it passed prints one
+    line to stderr naming the rank, the phase and the time, and calls ``comm.Abort(1)``, which
+    ends every rank under any launcher (mpich's ``mpirun`` and ``srun`` also end the job at once
+    when a rank is killed). The first chunk of each run, which compiles, and the check before
+    it, where ranks still load their data, get at least ``L2LJAX_SETUP_TIMEOUT`` (default 1 h).
     """
 
     ranks_name = "MPI ranks"
 
-    def __init__(self, comm: Any = None):
+    def __init__(self, comm: Any = None, timeout: float | None = None, *, shard_state: bool = True):
         try:
             import mpi4jax  # noqa: F401 (checked here, used in map_rows)
             from mpi4py import MPI as _mpi
@@ -366,15 +430,86 @@ class MPI(_Ranks):
         self.rank, self.n_shards = self.comm.Get_rank(), self.comm.Get_size()
         self.n_ranks = self.n_shards
         self.is_writer = self.rank == 0
+        self.shard_state = bool(shard_state)
+        self._sharded: dict[int, tuple[Any, Any]] = {}  # id(optimizer) -> (optimizer, its sharded copy)
+        from l2ljax.run.watchdog import Watchdog  # here: l2ljax.run imports this module
+
+        self.watchdog = Watchdog(self.rank, self.n_shards, lambda: self.comm.Abort(1), timeout)
 
     def __repr__(self) -> str:
-        return f"MPI(rank {self.rank} of {self.n_shards})"
+        return f"MPI(rank {self.rank} of {self.n_shards}{'' if self.shard_state else ', replicated state'})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, MPI) and self.comm.py2f() == other.comm.py2f()
+        return (isinstance(other, MPI) and self.comm.py2f() == other.comm.py2f()
+                and self.shard_state == other.shard_state)
 
     def __hash__(self) -> int:
-        return hash(("MPI", self.comm.py2f()))
+        return hash(("MPI", self.comm.py2f(), self.shard_state))
+
+    # -- the engine of l2ljax.rows (traced)
+    def sum_over_shards(self, x: jax.Array) -> jax.Array:
+        import mpi4jax
+        from mpi4py import MPI as _mpi
+
+        return mpi4jax.allreduce(x, op=_mpi.SUM, comm=self.comm)
+
+    def gather_over_shards(self, x: jax.Array) -> jax.Array:
+        import mpi4jax
+
+        return mpi4jax.allgather(x, comm=self.comm)
+
+    # -- population-sized state
+    def _rows(self, optimizer: Any) -> Any:
+        from l2ljax.rows import Rows, split
+
+        start, count = split(optimizer.pop_size, self.n_shards, self.rank)
+        return Rows(optimizer.pop_size, start, count, self)
+
+    def _shards(self, optimizer: Any) -> bool:
+        return self.shard_state and self.n_shards > 1 and bool(getattr(optimizer, "sharded_fields", ()))
+
+    def shard(self, optimizer: Any) -> Any:
+        """The optimizer this rank runs: for one whose state is the population, a copy that holds
+        this rank's rows (``optimizer.replace(rows=...)``, made once per optimizer); else itself."""
+        if not self._shards(optimizer) or getattr(optimizer, "rows", None) is not None:
+            return optimizer
+        if optimizer.pop_size < self.n_shards:
+            raise ValueError(f"{optimizer.name}: pop_size={optimizer.pop_size} is smaller than the {self.n_shards} "
+                             "MPI ranks sharing its ensemble; use fewer ranks or MPI(shard_state=False)")
+        kept = self._sharded.get(id(optimizer))
+        if kept is None or kept[0] is not optimizer:
+            kept = (optimizer, optimizer.replace(rows=self._rows(optimizer)))
+            self._sharded[id(optimizer)] = kept
+        return kept[1]
+
+    def own_rows(self, optimizer: Any, state: PyTree) -> PyTree:
+        """This rank's rows of a whole state (e.g. a resumed checkpoint)."""
+        if not self._shards(optimizer):
+            return state
+        rows = self._rows(optimizer)
+        return _map_sharded(optimizer, state, lambda x: x[rows.start:rows.start + rows.count])
+
+    def whole_state(self, optimizer: Any, state: PyTree, *, everywhere: bool = False) -> PyTree:
+        """Every rank's rows joined into the whole state: on rank 0 (the writer; the others keep
+        their rows), or on every rank with ``everywhere``. A host-side gather every rank calls;
+        for checkpoints and the result, never inside the loop."""
+        if not self._shards(optimizer):
+            return state
+
+        def join(x: jax.Array) -> jax.Array:
+            local = np.asarray(x)
+            parts = self.comm.allgather(local) if everywhere else self.comm.gather(local, root=0)
+            return x if parts is None else jnp.asarray(np.concatenate(parts))
+
+        return _map_sharded(optimizer, state, join)
+
+    def whole_template(self, optimizer: Any, state: PyTree) -> PyTree:
+        """``state`` with its sharded fields as zeros of the whole population's shape (``np.zeros``
+        maps no memory until written): the shapes a checkpoint holds."""
+        if not self._shards(optimizer):
+            return state
+        return _map_sharded(optimizer, state,
+                            lambda x: np.zeros((optimizer.pop_size, *x.shape[1:]), np.dtype(x.dtype)))
 
     def map_rows(self, compute: Callable[[PyTree], PyTree], rows: PyTree) -> PyTree:
         """``compute`` of this rank's rows, gathered from every rank; traced inside ``jit``."""
@@ -394,10 +529,6 @@ class MPI(_Ranks):
     def place(self, tree: PyTree) -> PyTree:
         return tree
 
-    def agree(self, value: Any) -> Any:
-        """Rank 0's value on every rank (e.g. whether to stop): ranks never take different paths."""
-        return self.comm.bcast(value, root=0)
-
     def any_traced(self, flag: jax.Array) -> jax.Array:
         """Whether ``flag`` is set on any rank, inside ``jit``: ranks whose replicated states drifted
         apart in the last bits still take the same branch around the next collective."""
@@ -408,6 +539,17 @@ class MPI(_Ranks):
 
     def _allgather(self, value: Any) -> list:
         return self.comm.allgather(value)
+
+    def _broadcast(self, value: Any) -> Any:
+        return self.comm.bcast(value, root=0)
+
+
+def _map_sharded(optimizer: Any, state: PyTree, fn: Callable[[Any], Any]) -> PyTree:
+    """``state`` with ``fn`` applied to the optimizer's population-sized fields of ``state.inner``."""
+    inner = state.inner
+    changes = {name: fn(getattr(inner, name)) for name in optimizer.sharded_fields
+               if getattr(inner, name) is not None}
+    return state.replace(inner=inner._replace(**changes))
 
 
 _WORLD_CLONE: Any = None
@@ -626,7 +768,7 @@ def coordinator(parallel: Coordinator | str | None) -> Coordinator:
         parallel = by_name(parallel)
     if parallel is None:
         return SingleProcess()
-    missing = [name for name in ("is_writer", "map_rows", "settle", "agree") if not hasattr(parallel, name)]
+    missing = [name for name in ("is_writer", "map_rows", "settle", "agree", "shard") if not hasattr(parallel, name)]
     if missing:
         raise TypeError(f"parallel must be None, one of {NAMES} or an l2ljax.parallel scheme (Devices(), MPI(), "
                         f"Distributed()), got {parallel!r}")

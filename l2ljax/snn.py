@@ -17,9 +17,15 @@ The Heaviside step H has the pseudo-derivative ``dz/dv_scaled = γ max(0, 1 − 
 config (not trained), as in the paper. The adaptive thresholds are the LSNN's working memory: their
 decay τ_a spans many inputs, so fixed weights can hold what a new task is.
 
-Deviations from the paper: inputs are analog currents held for ``steps_per_example`` steps, not
-Poisson spike trains from an input population; no DEEP R rewiring (dense weights); the network is
-smaller so that meta-training takes minutes on a laptop CPU (see ``benchmarks/RESULTS.md``).
+Checked against the paper's code (IGITUGraz/LSNN-official, ``lsnn/spiking_models.py`` at 0e09090,
+``LIF``/``ALIF`` cells): same τ_m = 20, τ_a = 200, β = 1.6, dampening 0.3, the same threshold
+adaptation ``b_t = ρ b_{t-1} + (1 − ρ) z_{t-1}``, ``A_t = ϑ + β b_t``, reset by subtracting
+``A_t z_{t-1}``, recurrent weights N(0, 1/N) without autapses. Deviations: their spike at step t is
+``H((v_{t-1} − A_t)/A_t)`` (from the voltage *before* the update; a one-step delay), ours is from
+``v_t``; their ϑ = 0.01 for spike inputs, ours 1 for analog currents of order 1; inputs are analog
+currents held for ``steps_per_example`` steps, not Poisson spike trains from an input population;
+no synaptic delays and no DEEP R rewiring (dense weights); the network is smaller so that
+meta-training takes minutes on a laptop CPU (see ``benchmarks/RESULTS.md``).
 
 ``LSTM`` (Hochreiter & Schmidhuber 1997; flax's ``OptimizedLSTMCell``) with a linear readout is the
 non-spiking network with the same interface: ``model.apply(params, inputs)`` maps a sequence

@@ -164,18 +164,36 @@ def test_functions_table_explains_itself_and_has_no_negative_gaps(empty_dir):
 
 @needs_mnist
 def test_main_job_killed_at_random_instants_loses_no_record(empty_dir):
-    """SIGKILL at random instants, resume each time: the CSV and the final state equal an uninterrupted run's."""
+    """SIGKILL at random instants, resume each time: the CSV and the final state equal an uninterrupted run's.
+
+    The riskiest instant is just after a checkpoint, before that iteration's test row is written
+    (the first test also compiles): kill there twice; once at a random instant."""
+    kills = kill_main_job_and_resume(empty_dir, ("after checkpoint", "random", "after checkpoint"), seed=0)
+    assert kills == 3
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_main_job_killed_again_and_again_loses_no_record(empty_dir):
+    """Eight kills in a row, four just after a checkpoint and four at random instants."""
+    kills = kill_main_job_and_resume(empty_dir, ("random", "after checkpoint") * 4, seed=1, iterations=12)
+    assert kills >= 5
+
+
+def kill_main_job_and_resume(empty_dir: Path, waits: tuple[str, ...], seed: int, iterations: int = 8) -> int:
+    """Run the main job, SIGKILL it at each of ``waits``, resume each time, finish, and compare
+    with an uninterrupted run: the same CSV rows, none lost or doubled, the same checkpoint, no
+    temporary file left, the lock released. Returns how many kills hit a live process."""
     import random
 
-    flags = ["--iterations", "8", *TINY, "--eval-every", "1"]
+    flags = ["--iterations", str(iterations), *TINY, "--eval-every", "1"]
     reference = l2ljax("mnist-enkf", *flags, "--out", "reference", cwd=empty_dir)
     assert reference.returncode == 0, reference.stderr
-    rng = random.Random(0)
+    rng = random.Random(seed)
     run_dir = empty_dir / "killed"
     checkpoint = run_dir / "checkpoint.npz"
-    # The riskiest instant is just after a checkpoint, before that iteration's test row is written
-    # (the first test also compiles): kill there twice; once at a random instant.
-    for wait in ("after checkpoint", "random", "after checkpoint"):
+    kills = 0
+    for wait in waits:
         resume = ["--resume"] if (run_dir / "meta.json").exists() else []
         process = subprocess.Popen([*l2ljax_command(), "mnist-enkf", *flags, "--out", "killed", *resume],
                                    cwd=empty_dir, env=user_env(empty_dir / "home"), stdout=subprocess.DEVNULL,
@@ -188,6 +206,7 @@ def test_main_job_killed_at_random_instants_loses_no_record(empty_dir):
             time.sleep(0.001)
         if wait == "random":
             time.sleep(rng.uniform(0.0, 0.6))
+        kills += process.poll() is None
         process.kill()
         process.wait()
     finished = l2ljax("mnist-enkf", *flags, "--out", "killed", "--resume", cwd=empty_dir)
@@ -198,8 +217,11 @@ def test_main_job_killed_at_random_instants_loses_no_record(empty_dir):
             return [(int(r[0]), r[1]) for r in list(csv.reader(f))[1:]]
 
     assert table(run_dir) == table(empty_dir / "reference")
-    assert [i for i, _ in table(run_dir)] == list(range(1, 9))
+    assert [i for i, _ in table(run_dir)] == list(range(1, iterations + 1))
     with np.load(run_dir / "checkpoint.npz") as got, np.load(empty_dir / "reference" / "checkpoint.npz") as want:
         assert got.files == want.files
         for name in want.files:
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "lock").exists()
+    print(f"\nmain job: {kills} kills injected of {len(waits)}, resumed to an identical result")
+    return kills

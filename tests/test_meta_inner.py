@@ -177,3 +177,37 @@ def test_the_masked_update_is_the_library_update_of_the_valid_members():
     ref = kalman.eki_update(jax.random.key(1), U[:8], G[:8], y, 0.05)
     np.testing.assert_allclose(np.asarray(ours[:8]), np.asarray(ref), rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(ours[8:]), np.asarray(U[8:]))  # padding is carried, not moved
+
+
+@needs_mnist
+def test_a_population_of_one_nested_run_is_the_single_run(mnist_small):
+    """One individual is scored without a batch-one vmap (jaxlib 0.10.2 CPU miscompiles it to NaN)."""
+    train, val = mnist_small
+    nested = NestedEnKF(Mlp(hidden=(8,)), train, val, n_batches=3, batch_size=16)
+    ind = nested.individual(0.01, 30, 2)
+    pop = jax.tree_util.tree_map(lambda a: a[None], ind)
+    fitness = jax.jit(lambda p: nested.optimizee(jax.random.key(0)).evaluate(jax.random.key(1), p, 0).fitness)(pop)
+    single = jax.jit(nested.fitness)(ind, jax.random.fold_in(jax.random.key(0), 0))
+    assert np.isfinite(float(fitness[0, 0])) and float(fitness[0, 0]) == pytest.approx(float(single), abs=2.5e-3)
+
+
+@pytest.mark.slow  # compiles a 3-branch program and the masked one: ~1.5 min on 2 loaded cores
+@needs_mnist
+def test_bucketed_runs_one_at_a_time_give_the_fitness_of_the_masked_loop(mnist_small):
+    """chunk=1 with ensemble buckets (each run holds the smallest bucket >= J and exactly its
+    repetitions) scores every setting as the full 30-member masked run does."""
+    train, val = mnist_small
+    common = dict(n_batches=4, batch_size=16, n_seeds=2)
+    masked = NestedEnKF(Mlp(hidden=(8,)), train, val, **common)
+    bucketed = NestedEnKF(Mlp(hidden=(8,)), train, val, ensemble_buckets=(12, 20), **common)
+    assert bucketed.ensemble_buckets == (12, 20, 30)
+    settings = [(0.05, 9, 1), (0.2, 13, 3), (0.01, 30, 2)]
+    pop = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[masked.individual(*s) for s in settings])
+    fitness = jax.jit(lambda p: bucketed.optimizee(jax.random.key(0), chunk=1).evaluate(
+        jax.random.key(1), p, 0).fitness[:, 0])(pop)
+    one = jax.jit(masked.fitness)
+    loop = [float(one(jax.tree_util.tree_map(lambda a, i=i: a[i], pop), jax.random.fold_in(jax.random.key(0), 0)))
+            for i in range(len(settings))]
+    np.testing.assert_allclose(np.asarray(fitness), loop, atol=2.5e-3)  # <= 1 of 500 images
+    with pytest.raises(ValueError, match="ensemble_buckets"):
+        NestedEnKF(Mlp(hidden=(8,)), train, val, ensemble_buckets=(20, 12))

@@ -68,7 +68,28 @@ from the evolving ``U`` at every step of a ``lax.scan``. It equals B successive 
 members are resampled once, after the last sample.
 
 Random keys (the first argument, always): ``k_obs, k_resample = jax.random.split(key)``; sample d
-(d = 0 for ``eki_update``) draws its perturbations from ``jax.random.fold_in(k_obs, d)``.
+(d = 0 for ``eki_update``) draws its perturbations from ``jax.random.fold_in(k_obs, d)``, member j
+its row from ``fold_in(fold_in(k_obs, d), j)`` (resampling and additive inflation likewise from
+their keys folded with j), so that an ensemble split by rows draws the same numbers.
+
+Sharded ensembles (``rows=``, :mod:`l2ljax.rows`; issue #14). With the members split over R
+ranks, rank r holding rows ``U_r`` (J_r, P) and their outputs ``G_r``, every quantity above is a
+sum over members, so each rank computes its partial sums and one all-reduce makes them global:
+the valid count and the means ``ū, Ḡ`` (P + M numbers), ``C_pp = Σ_r A_rᵀA_r`` (M × M) and
+``C_upᵀ = Σ_r A_rᵀE_r`` (M × P); then rank r updates its own rows, ``ΔU_r = D_r (C_pp + Γ/h)⁻¹ C_upᵀ``
+(its innovations ``D_r``, the replicated M × M Cholesky). Only the observation form shards: the
+ensemble form's J × J system couples every member, as does ETKI's transform (both refused on
+shards). The sample-sequential composition shards the same way: ``Σ_r A_rᵀL_r`` (BK × BK) and
+``Σ_r S_r U_r`` (BK × P) are its two all-reduces. Per iteration and rank (float32)::
+
+    replicated:  4·J·M·P flops (the whole update on every rank) + the outputs all-gathered, 4·J·M bytes
+    sharded:     4·(J/R)·M·P flops + a ring all-reduce of ≈ 2·4·(M·P + M²) bytes; ensemble 4·J·P/R bytes
+
+For the LOD CNN (P = 18,050, M = 640) the all-reduce is ≈ 94 MB per rank whatever J, so with an
+H100's ~50 TFLOP/s and 25 GB/s between nodes sharding pays above J ≈ 3,700 members (≈ 225 over
+NVLink); at J = 100,000 on 64 ranks the update takes ≈ 5 ms instead of 104 ms and each rank holds
+113 MB of ensemble instead of 7.2 GB (``benchmarks/shard_cost_model.py``; assumptions, not
+measurements).
 
 Mapping from L2L's ``EnsembleKalmanFilterParameters``: ``gamma`` → ``noise`` (L2L turned γ = 0
 into I and silently dropped any nonzero scalar γ; here a scalar is always γ I), ``pop_size`` /
@@ -88,7 +109,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any, Literal, NamedTuple
 
@@ -99,6 +119,7 @@ from jax import lax
 from jax.scipy.linalg import cho_factor, cho_solve, solve_triangular
 
 from l2ljax.core import is_concrete
+from l2ljax.rows import Rows, everything
 
 Array = jax.Array
 Form = Literal["auto", "ensemble", "observation"]
@@ -123,18 +144,22 @@ class _Stats(NamedTuple):
     scale: Array  # () 1/√max(n, 1), turns centred rows into anomalies
 
 
-def _stats(valid: Array, dtype: jnp.dtype) -> _Stats:
+def _stats(valid: Array, dtype: jnp.dtype, rows: Rows) -> _Stats:
     weight = valid.astype(dtype)
-    count = jnp.sum(weight)
+    count = rows.total(jnp.sum(weight))
     return _Stats(weight, count, lax.rsqrt(jnp.maximum(count, 1.0)))
 
 
-def _anomalies(X: Array, stats: _Stats) -> Array:
+def _valid_mean(X: Array, stats: _Stats, rows: Rows) -> Array:
+    """The mean of the valid rows of every shard (NaN-safe)."""
+    valid = stats.weight[:, None] > 0
+    return rows.total(jnp.sum(jnp.where(valid, X, 0.0), axis=0)) / jnp.maximum(stats.count, 1.0)
+
+
+def _anomalies(X: Array, stats: _Stats, rows: Rows) -> Array:
     """``(X_j - mean_valid X) / √n`` on valid rows, exact zeros on the others (NaN-safe)."""
     valid = stats.weight[:, None] > 0
-    X = jnp.where(valid, X, 0.0)
-    mean = jnp.sum(X, axis=0) / jnp.maximum(stats.count, 1.0)
-    return jnp.where(valid, X - mean, 0.0) * stats.scale
+    return jnp.where(valid, jnp.where(valid, X, 0.0) - _valid_mean(X, stats, rows), 0.0) * stats.scale
 
 
 def _validity(G: Array, valid: Array | None, J: int) -> Array:
@@ -145,12 +170,6 @@ def _validity(G: Array, valid: Array | None, J: int) -> Array:
     if valid.shape != (J,) or valid.dtype != jnp.bool_:
         raise ValueError(f"valid must be a boolean array of shape ({J},), got {valid.dtype} {valid.shape}")
     return finite & valid
-
-
-def _normal(key: Array, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
-    """Standard normals drawn flat and reshaped: same law, but XLA:CPU compiles a 1-D threefry
-    draw several times faster than a 2-D one (measured with jax 0.10.2: 0.8 s vs 3.2 s)."""
-    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
 
 
 class _Noise(NamedTuple):
@@ -205,25 +224,26 @@ class _Gain(NamedTuple):
     sd: Array | None
 
 
-def _innovations(key: Array, G: Array, y: Array, noise: _Noise, stats: _Stats, stochastic: bool) -> Array:
+def _innovations(key: Array, G: Array, y: Array, noise: _Noise, stats: _Stats, stochastic: bool,
+                 rows: Rows) -> Array:
     """``D``, the (J, M) rows ``y_j - G_j`` (``y_j = y + η_j`` if stochastic), zero for failed members."""
     J, M = G.shape
     valid = stats.weight[:, None] > 0
     Y = jnp.broadcast_to(y, (J, M))
     if stochastic:
-        Y = Y + noise.colour(_normal(key, (J, M), G.dtype))
+        Y = Y + noise.colour(rows.normal(key, M, G.dtype))
     return jnp.where(valid, Y - jnp.where(valid, G, 0.0), 0.0)
 
 
-def _gain(key: Array, G: Array, y: Array, noise: Array, stats: _Stats, *, stochastic: bool,
+def _gain(key: Array, G: Array, y: Array, noise: Array, stats: _Stats, rows: Rows, *, stochastic: bool,
           step_size: Array, form: str, localizer: Any = None) -> _Gain:
     J, M = G.shape
-    A = _anomalies(G, stats)
+    A = _anomalies(G, stats, rows)
     scaled = _Noise.scaled(noise, step_size, need_chol=stochastic or form == "ensemble")
-    D = _innovations(key, G, y, scaled, stats, stochastic)
+    D = _innovations(key, G, y, scaled, stats, stochastic, rows)
 
     if form == "observation":
-        S = A.T @ A
+        S = rows.total(A.T @ A)
         sd = None
         if localizer is not None:
             sd = jnp.sqrt(jnp.diag(S))
@@ -237,29 +257,30 @@ def _gain(key: Array, G: Array, y: Array, noise: Array, stats: _Stats, *, stocha
     return _Gain(left, None, None)
 
 
-def _apply(U: Array, gain: _Gain, stats: _Stats, localizer: Any = None, key: Array | None = None) -> Array:
-    E = _anomalies(U, stats)
+def _apply(U: Array, gain: _Gain, stats: _Stats, rows: Rows, localizer: Any = None, key: Array | None = None
+           ) -> Array:
+    E = _anomalies(U, stats, rows)
     left = jnp.where(jnp.all(jnp.isfinite(gain.left)), gain.left, 0.0)  # failed solve: skip, never NaN
     if gain.right is None:
         return U + left @ E
-    C = gain.right.T @ E  # C_upᵀ (M, P)
+    C = rows.total(gain.right.T @ E)  # C_upᵀ (M, P): on shards, the one (M, P) all-reduce of an update
     if localizer is not None:
-        C = _localize(localizer, key, C, gain.sd, jnp.sqrt(jnp.sum(E * E, axis=0)), stats.count, "up")
+        C = _localize(localizer, key, C, gain.sd, jnp.sqrt(rows.total(jnp.sum(E * E, axis=0))), stats.count, "up")
     return U + left @ C
 
 
-def _resample(key: Array, U: Array, stats: _Stats) -> Array:
+def _resample(key: Array, U: Array, stats: _Stats, rows: Rows) -> Array:
     """Replace failed members by draws from N(ū_valid, diag var_valid); identity if none failed or n < 2."""
     valid = stats.weight[:, None] > 0
 
     def draw(U: Array) -> Array:
-        E = _anomalies(U, stats)  # (u_j - ū)/√n on valid rows
-        mean = jnp.sum(jnp.where(valid, U, 0.0), axis=0) / stats.count
-        std = jnp.sqrt(jnp.sum(E * E, axis=0))
-        draws = mean + std * _normal(key, U.shape, U.dtype)
+        E = _anomalies(U, stats, rows)  # (u_j - ū)/√n on valid rows
+        mean = _valid_mean(U, stats, rows)
+        std = jnp.sqrt(rows.total(jnp.sum(E * E, axis=0)))
+        draws = mean + std * rows.normal(key, U.shape[1], U.dtype)
         return jnp.where(valid, U, draws)
 
-    needed = (stats.count < U.shape[0]) & (stats.count >= 2)
+    needed = (stats.count < rows.total_rows) & (stats.count >= 2)
     return lax.cond(needed, draw, lambda U: U, U)
 
 
@@ -292,7 +313,7 @@ def check_noise(noise: Any, M: int) -> None:
 
 
 def _check(U: Array, G: Array, y: Array, noise: float | Array, form: str, sequential: bool,
-           localizer: Any = None) -> str:
+           localizer: Any = None, rows: Rows | None = None) -> str:
     """Validate shapes and noise (outside jit) and resolve ``form`` against J and M (or K)."""
     if not jnp.issubdtype(jnp.result_type(U), jnp.floating):
         raise TypeError(f"U must be a floating-point array, got {jnp.result_type(U)}")
@@ -310,6 +331,11 @@ def _check(U: Array, G: Array, y: Array, noise: float | Array, form: str, sequen
             raise StrategyError("localization needs the observation form (the localized C_up is not low rank); "
                                 "use form='observation' or 'auto'")
         return "observation"
+    if rows is not None and not rows.whole:
+        if form == "ensemble":
+            raise StrategyError("a sharded ensemble needs the observation form (the ensemble form's J×J system "
+                                "couples every member); use form='observation' or 'auto'")
+        return "observation"
     if form == "auto":
         return "ensemble" if J < M else "observation"
     return form
@@ -325,29 +351,35 @@ def _loc_key(key: Array) -> Array:
     return jax.random.fold_in(key, 2)
 
 
-@partial(jax.jit, static_argnames=("stochastic", "form"))
+def _rows(rows: Rows | None, U: Any) -> Rows:
+    return everything(np.shape(U)[0]) if rows is None else rows
+
+
+@partial(jax.jit, static_argnames=("stochastic", "form", "rows"))
 def _update(key: Array, U: Array, G: Array, y: Array, noise: Array, step_size: Array,
-            valid: Array | None, localizer: Any, *, stochastic: bool, form: str) -> Array:
+            valid: Array | None, localizer: Any, *, stochastic: bool, form: str, rows: Rows | None = None) -> Array:
+    rows = _rows(rows, U)
     U, G, y, noise, step_size = _cast(U, G, y, noise, step_size)
-    stats = _stats(_validity(G, valid, G.shape[0]), U.dtype)
+    stats = _stats(_validity(G, valid, G.shape[0]), U.dtype, rows)
     k_obs, k_resample = jax.random.split(key)
     k_loc = _loc_key(key)
-    gain = _gain(jax.random.fold_in(k_obs, 0), G, y, noise, stats, stochastic=stochastic,
+    gain = _gain(jax.random.fold_in(k_obs, 0), G, y, noise, stats, rows, stochastic=stochastic,
                  step_size=step_size, form=form, localizer=localizer)
-    return _resample(k_resample, _apply(U, gain, stats, localizer, k_loc), stats)
+    return _resample(k_resample, _apply(U, gain, stats, rows, localizer, k_loc), stats, rows)
 
 
-@partial(jax.jit, static_argnames=("stochastic", "form", "scan"))
+@partial(jax.jit, static_argnames=("stochastic", "form", "scan", "rows"))
 def _update_sequential(key: Array, U: Array, G: Array, y: Array, noise: Array, step_size: Array,
                        valid: Array | None, localizer: Any = None, *, stochastic: bool, form: str,
-                       scan: bool = False) -> Array:
+                       scan: bool = False, rows: Rows | None = None) -> Array:
+    rows = _rows(rows, U)
     U, G, y, noise, step_size = _cast(U, G, y, noise, step_size)
-    stats = _stats(_validity(G, valid, G.shape[0]), U.dtype)
+    stats = _stats(_validity(G, valid, G.shape[0]), U.dtype, rows)
     k_obs, k_resample = jax.random.split(key)
     k_loc = _loc_key(key)
 
     def gain(d: Array, G_d: Array, y_d: Array) -> _Gain:
-        return _gain(jax.random.fold_in(k_obs, d), G_d, y_d, noise, stats, stochastic=stochastic,
+        return _gain(jax.random.fold_in(k_obs, d), G_d, y_d, noise, stats, rows, stochastic=stochastic,
                      step_size=step_size, form=form, localizer=localizer)
 
     # The per-sample gains depend only on the stale outputs: all B at once, batched. Samples lead
@@ -356,17 +388,17 @@ def _update_sequential(key: Array, U: Array, G: Array, y: Array, noise: Array, s
     gains = jax.vmap(gain)(samples, jnp.swapaxes(G, 0, 1), y)
 
     if form == "observation" and not scan and localizer is None:
-        return _resample(k_resample, _compose_sequential(U, gains.left, gains.right, stats), stats)
+        return _resample(k_resample, _compose_sequential(U, gains.left, gains.right, stats, rows), stats, rows)
 
     def step(U: Array, args: tuple[Array, _Gain]) -> tuple[Array, None]:
         d, gain_d = args
-        return _apply(U, gain_d, stats, localizer, jax.random.fold_in(k_loc, d)), None
+        return _apply(U, gain_d, stats, rows, localizer, jax.random.fold_in(k_loc, d)), None
 
     U, _ = lax.scan(step, U, (samples, gains))
-    return _resample(k_resample, U, stats)
+    return _resample(k_resample, U, stats, rows)
 
 
-def _compose_sequential(U: Array, lefts: Array, rights: Array, stats: _Stats) -> Array:
+def _compose_sequential(U: Array, lefts: Array, rights: Array, stats: _Stats, rows: Rows) -> Array:
     """The B observation-form steps ``U ← U + L_d A_dᵀ E(U)`` composed into one low-rank update.
 
     With ``E(X) = s·center(X)`` and ``A_d`` centred on the valid members (zero elsewhere),
@@ -375,22 +407,24 @@ def _compose_sequential(U: Array, lefts: Array, rights: Array, stats: _Stats) ->
     ``S`` of size B·K. One (BK × BK) triangular solve and two (J × BK)·(BK × P) products replace B
     passes over the (J, P) ensemble, so the sequential mode costs what the whole-batch one does.
     Exact in exact arithmetic; the float32 results agree with the step-by-step scan to rounding.
+    On shards, ``Aᵀ L`` (BK × BK) and ``S U`` (BK × P) are sums over members: two all-reduces,
+    the second the size of the whole-batch update's ``C_up``.
     """
     B, J, K = lefts.shape
     lefts = jnp.where(jnp.all(jnp.isfinite(lefts), axis=(1, 2), keepdims=True), lefts, 0.0)  # failed solve: skip
     L = jnp.swapaxes(lefts, 0, 1).reshape(J, B * K)  # block d = L_d
     A = jnp.swapaxes(rights, 0, 1).reshape(J, B * K)  # block d = A_d
-    coupling = stats.scale * (A.T @ L)  # block (d, e) = s A_dᵀ L_e
+    coupling = stats.scale * rows.total(A.T @ L)  # block (d, e) = s A_dᵀ L_e
     block = jnp.arange(B * K) // K
     strictly_earlier = block[:, None] > block[None, :]
     system = jnp.eye(B * K, dtype=U.dtype) - jnp.where(strictly_earlier, coupling, 0.0)
     S = solve_triangular(system, stats.scale * A.T, lower=True, unit_diagonal=True)  # (BK, J)
-    return U + L @ (S @ U)
+    return U + L @ rows.total(S @ U)
 
 
 def eki_update(key: Array, U: Array, G: Array, y: Array, noise: float | Array, *,
                stochastic: bool = False, step_size: float | Array = 1.0, form: Form = "auto",
-               valid: Array | None = None, localizer: Any = None) -> Array:
+               valid: Array | None = None, localizer: Any = None, rows: Rows | None = None) -> Array:
     """One EKI step ``u_j ← u_j + C_up (C_pp + Γ/h)⁻¹ (y_j − G_j)``; returns the new (J, P) ensemble.
 
     Jitted (``stochastic`` and ``form`` static); it can also be called inside ``jit``/``scan``.
@@ -412,14 +446,20 @@ def eki_update(key: Array, U: Array, G: Array, y: Array, noise: float | Array, *
         valid members ``U`` is returned unchanged.
       localizer: a localizer of :mod:`l2ljax.kalman.localizers` (None: no localization); it
         forces the observation form (``form='ensemble'`` raises :class:`StrategyError`).
+      rows: with a sharded ensemble (:mod:`l2ljax.rows`), ``U``, ``G`` and ``valid`` are this
+        shard's rows; the update is computed from per-shard partial sums (observation form
+        only) and gives every shard its rows of the unsharded update. Call it inside the
+        coordinator's compiled program (its collectives are traced).
     """
-    form = _check(U, G, y, noise, form, sequential=False, localizer=localizer)
-    return _update(key, U, G, y, noise, step_size, valid, localizer, stochastic=stochastic, form=form)
+    form = _check(U, G, y, noise, form, sequential=False, localizer=localizer, rows=rows)
+    return _update(key, U, G, y, noise, step_size, valid, localizer, stochastic=stochastic, form=form,
+                   rows=_rows(rows, U))
 
 
 def eki_update_sequential(key: Array, U: Array, G: Array, y: Array, noise: float | Array, *,
                           stochastic: bool = False, step_size: float | Array = 1.0,
-                          form: Form = "auto", valid: Array | None = None, localizer: Any = None) -> Array:
+                          form: Form = "auto", valid: Array | None = None, localizer: Any = None,
+                          rows: Rows | None = None) -> Array:
     """LOD sample-sequential EKI: assimilate the B samples of a batch one after the other.
 
     ``G`` is (J, B, K), the outputs of every member on every sample, computed once before the
@@ -433,18 +473,19 @@ def eki_update_sequential(key: Array, U: Array, G: Array, y: Array, noise: float
     update to be linear in U) and sample d's localizer draws from ``fold_in(key', d)``. Other
     arguments as in :func:`eki_update`.
     """
-    form = _check(U, G, y, noise, form, sequential=True, localizer=localizer)
+    form = _check(U, G, y, noise, form, sequential=True, localizer=localizer, rows=rows)
     return _update_sequential(key, U, G, y, noise, step_size, valid, localizer, stochastic=stochastic,
-                              form=form)
+                              form=form, rows=_rows(rows, U))
 
 
 @jax.jit
 def _etki(key: Array, U: Array, G: Array, y: Array, noise: Array, step_size: Array, valid: Array | None) -> Array:
     U, G, y, noise, step_size = _cast(U, G, y, noise, step_size)
     J = G.shape[0]
-    stats = _stats(_validity(G, valid, J), U.dtype)
+    rows = everything(J)  # ETKI's J×J transform couples every member: never sharded
+    stats = _stats(_validity(G, valid, J), U.dtype, rows)
     scaled = _Noise.scaled(noise, step_size, need_chol=True)
-    B = scaled.whiten(_anomalies(G, stats))  # (J, M), zero rows for failed members
+    B = scaled.whiten(_anomalies(G, stats, rows))  # (J, M), zero rows for failed members
     mean_g = jnp.sum(jnp.where(stats.weight[:, None] > 0, G, 0.0), axis=0) / jnp.maximum(stats.count, 1.0)
     d = scaled.whiten(y - mean_g)
     # Ω = (I + BBᵀ)⁻¹ = V diag(1/(1+λ)) Vᵀ: one eigendecomposition gives Ω, Ω^{1/2} and the solve.
@@ -452,12 +493,11 @@ def _etki(key: Array, U: Array, G: Array, y: Array, noise: Array, step_size: Arr
     lam = jnp.maximum(lam, 0.0)
     w = V @ ((V.T @ (B @ d)) / (1.0 + lam))  # Ω B d̃ (J,)
     root = (V * lax.rsqrt(1.0 + lam)) @ V.T  # Ω^{1/2}, symmetric
-    E = _anomalies(U, stats)
-    mean_u = jnp.sum(jnp.where(stats.weight[:, None] > 0, U, 0.0), axis=0) / jnp.maximum(stats.count, 1.0)
-    new = mean_u + w @ E + (root @ E) / stats.scale
+    E = _anomalies(U, stats, rows)
+    new = _valid_mean(U, stats, rows) + w @ E + (root @ E) / stats.scale
     ok = jnp.all(jnp.isfinite(w)) & jnp.all(jnp.isfinite(root))
     new = jnp.where(ok & (stats.count >= 2), new, U)
-    return _resample(jax.random.split(key)[1], new, stats)
+    return _resample(jax.random.split(key)[1], new, stats, rows)
 
 
 def etki_update(key: Array, U: Array, G: Array, y: Array, noise: float | Array, *,
@@ -517,22 +557,39 @@ def tikhonov_augment(U: Array, G: Array, y: Array, noise: float | Array, prior_s
     return jnp.concatenate([G, U], axis=1), jnp.concatenate([y, jnp.broadcast_to(prior_mean, (P,))]), aug
 
 
-@jax.jit
-def inflate(U: Array, factor: float | Array) -> Array:
+def inflate(U: Array, factor: float | Array, rows: Rows | None = None) -> Array:
     """Multiplicative covariance inflation: ``ū + factor · (u_j − ū)``.
 
     Keeps the ensemble mean, multiplies every anomaly (so every per-coordinate standard deviation)
     by ``factor`` and the ensemble covariance by ``factor²``. ``factor > 1`` counters ensemble
     collapse (EnsembleKalmanProcesses' multiplicative inflation, with ``factor = (1 − sΔt)^{-½}``);
-    ``factor = 1`` is the identity. Members stay in the span of the ensemble.
+    ``factor = 1`` is the identity. Members stay in the span of the ensemble. ``rows``: this
+    shard's rows of a sharded ensemble (:mod:`l2ljax.rows`).
     """
+    return _inflate(U, factor, _rows(rows, U))
+
+
+@partial(jax.jit, static_argnames="rows")
+def _inflate(U: Array, factor: float | Array, rows: Rows) -> Array:
     U = jnp.asarray(U)
-    mean = jnp.mean(U, axis=0)
+    mean = _mean(U, rows)
     return mean + jnp.asarray(factor, U.dtype) * (U - mean)
 
 
+def _mean(U: Array, rows: Rows) -> Array:
+    """The mean over every shard's rows (``jnp.mean`` when one shard holds them all)."""
+    return jnp.mean(U, axis=0) if rows.whole else rows.total(jnp.sum(U, axis=0)) / rows.total_rows
+
+
+def _std(U: Array, rows: Rows) -> Array:
+    """The per-coordinate population standard deviation over every shard's rows."""
+    if rows.whole:
+        return jnp.std(U, axis=0)
+    return jnp.sqrt(rows.total(jnp.sum(jnp.square(U - _mean(U, rows)), axis=0)) / rows.total_rows)
+
+
 def additive_inflation(key: Array, U: Array, scale: float | Array, *, step_size: float | Array = 1.0,
-                       std: float | Array | None = None) -> Array:
+                       std: float | Array | None = None, rows: Rows | None = None) -> Array:
     r"""Additive inflation ``u_j ← u_j + ζ_j``, ``ζ_j ~ N(0, sh/(1 − sh) · Σ)``, Σ diagonal.
 
     EnsembleKalmanProcesses' additive inflation (its ``inflation.md``; Huang et al. 2022, eq. 41
@@ -544,27 +601,32 @@ def additive_inflation(key: Array, U: Array, scale: float | Array, *, step_size:
     moves the ensemble out of the affine span of the initial members: the remedy for the
     subspace limit. The ensemble covariance grows by ``sh/(1−sh) Σ`` in expectation, the mean is
     unchanged in expectation. Requires ``0 ≤ sh < 1`` (checked when concrete; a traced sh is
-    clipped to 0.999).
+    clipped to 0.999). Member j's noise is drawn from ``fold_in(key, j)`` (also on shards, ``rows``).
     """
     U = jnp.asarray(U)
     scale, step_size = jnp.asarray(scale, U.dtype), jnp.asarray(step_size, U.dtype)
     sh = scale * step_size
     if is_concrete(sh) and not 0 <= float(sh) < 1:
         raise StrategyError(f"additive inflation needs 0 <= scale·step_size < 1, got {float(sh)}")
-    return _additive(key, U, jnp.clip(sh, 0.0, 0.999), None if std is None else jnp.asarray(std, U.dtype))
+    return _additive(key, U, jnp.clip(sh, 0.0, 0.999), None if std is None else jnp.asarray(std, U.dtype),
+                     _rows(rows, U))
 
 
-@jax.jit
-def _additive(key: Array, U: Array, sh: Array, std: Array | None) -> Array:
+@partial(jax.jit, static_argnames="rows")
+def _additive(key: Array, U: Array, sh: Array, std: Array | None, rows: Rows) -> Array:
     if std is None:
-        std = jnp.std(U, axis=0)
-    return U + jnp.sqrt(sh / (1 - sh)) * std * _normal(key, U.shape, U.dtype)
+        std = _std(U, rows)
+    return U + jnp.sqrt(sh / (1 - sh)) * std * rows.normal(key, U.shape[1], U.dtype)
 
 
-@jax.jit
-def ensemble_spread(U: Array) -> Array:
+def ensemble_spread(U: Array, rows: Rows | None = None) -> Array:
     """Mean over the P coordinates of the per-coordinate (population) standard deviation of ``U``."""
-    return jnp.mean(jnp.std(jnp.asarray(U), axis=0))
+    return _spread(jnp.asarray(U), _rows(rows, U))
+
+
+@partial(jax.jit, static_argnames="rows")
+def _spread(U: Array, rows: Rows) -> Array:
+    return jnp.mean(_std(U, rows))
 
 
 @jax.jit

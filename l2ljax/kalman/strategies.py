@@ -53,11 +53,14 @@ Example::
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from l2ljax.kalman.eki import StrategyError, _Noise
+from l2ljax.rows import Rows, everything
 
 Array = jax.Array
 
@@ -127,13 +130,15 @@ def misfit_potential(G: Array, y: Array, noise: float | Array, valid: Array | No
     return jnp.where(ok, phi, jnp.nan)
 
 
-@jax.jit
-def _dmc(phi: Array, M: int | Array, elapsed: Array, terminate_at: Array) -> tuple[Array, Array]:
+@partial(jax.jit, static_argnames="rows")
+def _dmc(phi: Array, M: int | Array, elapsed: Array, terminate_at: Array, rows: Rows | None = None
+         ) -> tuple[Array, Array]:
+    rows = everything(phi.shape[0]) if rows is None else rows
     ok = jnp.isfinite(phi)
-    n = jnp.maximum(jnp.sum(ok), 2)
+    n = jnp.maximum(rows.total(jnp.sum(ok)), 2)
     phi0 = jnp.where(ok, phi, 0.0)
-    mean = jnp.sum(phi0) / n
-    var = jnp.sum(jnp.where(ok, (phi - mean) ** 2, 0.0)) / (n - 1)
+    mean = rows.total(jnp.sum(phi0)) / n
+    var = rows.total(jnp.sum(jnp.where(ok, (phi - mean) ** 2, 0.0))) / (n - 1)
     q = jnp.maximum(M / (2 * mean), jnp.sqrt(M / (2 * var)))
     return q, jnp.minimum(q, terminate_at - elapsed)
 

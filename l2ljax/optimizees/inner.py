@@ -141,7 +141,8 @@ def run_optimizee(fitness: Callable[[dict[str, Array], Array], Array], hyperpara
     the chunks one after another inside the same compiled program (``lax.map``): the same numbers,
     a working set c/J as large (on CPUs a whole vmapped population of ensembles falls out of
     cache; see ``benchmarks/RESULTS.md``). The population is padded to whole chunks, so no vmap
-    sees a batch of one (on jaxlib 0.10.2 CPU a vmap over a single inner EKI run returned NaN).
+    sees a batch of one (jaxlib 0.10.2 miscompiles some batch-one vmaps on CPU, among them the
+    masked EKI update: ``tests/test_jax_regressions.py``).
     """
     if chunk is not None:
         check_positive_int(chunk, "chunk")
@@ -266,6 +267,9 @@ class NestedEnKF:
     n_seeds:      inner runs per individual (different initial ensembles and batches), fitness is
                   their mean accuracy: small ensembles vary a lot with their draw.
     Ranges (L2L's nested example): γ ∈ ``gamma``, J ∈ ``ensemble`` (integers), repetitions ∈ ``repetitions``.
+    ensemble_buckets: ensemble sizes a run may hold (J_max is always one): a run holds the smallest
+                  bucket >= its J, masked. Only pays off un-vmapped, with ``optimizee(key, chunk=1)``
+                  (see :meth:`fit`); e.g. ``(12, 18, 24)`` on CPUs.
     """
 
     model: nn.Module
@@ -278,6 +282,7 @@ class NestedEnKF:
     ensemble: tuple[int, int] = (9, 30)
     repetitions: tuple[int, int] = (1, 3)
     n_seeds: int = 1
+    ensemble_buckets: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         check_positive_int(self.n_batches, "n_batches")
@@ -296,6 +301,15 @@ class NestedEnKF:
             raise ValueError(f"ensemble sizes must be >= 2 (an ensemble needs spread), got {self.ensemble}")
         if self.repetitions[0] < 1:
             raise ValueError(f"repetitions must be >= 1, got {self.repetitions}")
+        buckets = tuple(self.ensemble_buckets)
+        if buckets and (any(isinstance(b, bool) or not isinstance(b, int | np.integer) for b in buckets)
+                        or list(buckets) != sorted(set(buckets)) or buckets[0] < self.ensemble[0]
+                        or buckets[-1] > self.ensemble[1]):
+            raise ValueError(f"ensemble_buckets must be increasing integers within the ensemble range "
+                             f"{self.ensemble}, got {self.ensemble_buckets!r}")
+        if not buckets or buckets[-1] != self.ensemble[1]:
+            buckets = (*buckets, self.ensemble[1])  # the largest ensemble always has a bucket
+        object.__setattr__(self, "ensemble_buckets", tuple(int(b) for b in buckets))
 
     @property
     def hyperparameters(self) -> dict[str, Hyperparameter]:
@@ -324,31 +338,47 @@ class NestedEnKF:
         return (lambda u, images: self.model.apply(unravel(u), images)), flat.size
 
     def fit(self, individual: dict[str, Array], key: Array) -> tuple[Array, Array]:
-        """One inner EKI run: (ensemble-mean weights (P,), validity mask (J_max,)). Jittable, vmappable."""
+        """One inner EKI run: (ensemble-mean weights (P,), validity mask (J_max,)). Jittable, vmappable.
+
+        The run holds the smallest of ``ensemble_buckets`` members that is >= J (the first J valid)
+        and applies exactly ``repetitions`` updates per batch (a ``fori_loop``). Un-vmapped (a single
+        run, ``chunk=1``) both are real branches and loop counts, so a small setting does a small
+        setting's work; under ``vmap`` over individuals XLA turns the bucket ``switch`` into a select
+        that runs every bucket and the loop into one that runs to the largest count, so keep one
+        bucket (the default) for vmapped populations. Members are drawn from ``fold_in(key, j)``, so
+        the numbers do not depend on the bucket (tested).
+        """
         gamma, size, reps = self.settings(individual)
         forward, dim = self._forward()
         x, y = self.train
-        j_max, r_max = self.ensemble[1], self.repetitions[1]
-        valid = jnp.arange(j_max) < size
         k_init, k_batches = jax.random.split(key)
-        # member j from fold_in(k_init, j): the first J members do not depend on J_max
-        ensemble = self.init_std * jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(k_init, j), (dim,)))(
-            jnp.arange(j_max))
+        batch_keys = jax.random.split(k_batches, self.n_batches)
 
-        def batch_step(U: Array, k_batch: Array) -> tuple[Array, None]:
-            idx = jax.random.randint(k_batch, (self.batch_size,), 0, x.shape[0])
-            targets = jax.nn.one_hot(y[idx], 10).ravel()
+        def run(j_cap: int) -> Array:
+            valid = jnp.arange(j_cap) < size
+            ensemble = self.init_std * jax.vmap(
+                lambda j: jax.random.normal(jax.random.fold_in(k_init, j), (dim,)))(jnp.arange(j_cap))
 
-            def repetition(U: Array, r: Array) -> tuple[Array, None]:
-                G = jax.vmap(forward, in_axes=(0, None))(U, x[idx]).reshape(j_max, -1)
-                return jnp.where(r < reps, masked_eki_update(U, G, targets, gamma, valid), U), None
+            def batch_step(U: Array, k_batch: Array) -> tuple[Array, None]:
+                idx = jax.random.randint(k_batch, (self.batch_size,), 0, x.shape[0])
+                targets = jax.nn.one_hot(y[idx], 10).ravel()
 
-            U, _ = jax.lax.scan(repetition, U, jnp.arange(r_max))
-            return U, None
+                def repetition(_: Array, U: Array) -> Array:
+                    G = jax.vmap(forward, in_axes=(0, None))(U, x[idx]).reshape(j_cap, -1)
+                    return masked_eki_update(U, G, targets, gamma, valid)
 
-        ensemble, _ = jax.lax.scan(batch_step, ensemble, jax.random.split(k_batches, self.n_batches))
-        mean = jnp.sum(jnp.where(valid[:, None], ensemble, 0.0), 0) / size
-        return mean, valid
+                return jax.lax.fori_loop(0, reps, repetition, U), None
+
+            ensemble, _ = jax.lax.scan(batch_step, ensemble, batch_keys)
+            return jnp.sum(jnp.where(valid[:, None], ensemble, 0.0), 0) / size
+
+        buckets = self.ensemble_buckets
+        if len(buckets) == 1:
+            mean = run(buckets[0])
+        else:
+            branch = jnp.searchsorted(jnp.asarray(buckets), size)  # the first bucket >= J
+            mean = jax.lax.switch(branch, [lambda b=b: run(b) for b in buckets])
+        return mean, jnp.arange(self.ensemble[1]) < size
 
     def accuracy(self, mean: Array, images: Array, labels: Array) -> Array:
         forward, _ = self._forward()
@@ -361,7 +391,7 @@ class NestedEnKF:
             mean, _ = self.fit(individual, jax.random.fold_in(key, seed))
             return self.accuracy(mean, *self.validation)
 
-        if self.n_seeds == 1:  # a vmap over one inner EKI run returns NaN on jaxlib 0.10.2 CPU (batch >= 2 is right)
+        if self.n_seeds == 1:  # no batch-one vmap: jaxlib 0.10.2 CPU miscompiles it (tests/test_jax_regressions.py)
             return one(jnp.array(0))
         return jnp.mean(jax.vmap(one)(jnp.arange(self.n_seeds)))
 

@@ -1,9 +1,15 @@
 r"""Meta-learning a task family by next-target prediction: the sinusoid family and the meta-loss.
 
-**Sinusoid task family** (Finn, Abbeel & Levine 2017, MAML; used for LSNNs by Bellec, Salaj, Subramoney,
-Legenstein & Maass, NeurIPS 2018, "Long short-term memory and learning-to-learn in networks of spiking neurons"):
-a task is ``f(x) = A sin(x + φ)`` with ``A ~ U[0.1, 5]``, ``φ ~ U[0, π]``, inputs ``x ~ U[−5, 5]``
-(the ranges of MAML's data generator). A sequence shows L points of one task; at position t the
+**Sinusoid task family** (Finn, Abbeel & Levine 2017, MAML): a task is ``f(x) = A sin(x + φ)`` with
+``A ~ U[0.1, 5]``, ``φ ~ U[0, π]``, inputs ``x ~ U[−5, 5]`` (the ranges of MAML's data generator).
+Bellec, Salaj, Subramoney, Legenstein & Maass (NeurIPS 2018, "Long short-term memory and
+learning-to-learn in networks of spiking neurons") meta-train LSNNs the same way (input x_t and the
+previous target, fixed weights in the inner loop); their abstract names the supervised task family
+"large families of non-linear transformations" learnt "from very few examples". Their network sizes,
+task ranges and reported MSE were not available to us (the paper's body was not retrievable with the
+project's search tools, and IGITUGraz/LSNN-official holds only the sequential-MNIST and store-recall
+tutorials, no L2L script), so this family and its numbers are MAML's, not a reproduction of theirs;
+see ``benchmarks/RESULTS.md`` §12. A sequence shows L points of one task; at position t the
 network receives ``x_t`` and the *previous* target ``y_{t−1}`` (0 at t = 0) and must predict
 ``y_t``. With fixed weights, it can only do better than the prior mean (0) by inferring A and φ
 from the examples so far in its dynamics: this is the inner loop. The outer loop (meta-training)

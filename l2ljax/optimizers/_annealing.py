@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2ljax.core import Space, check_positive_int
+from l2ljax.rows import Rows
 
 Array = jax.Array
 
@@ -156,30 +157,45 @@ class AnnealingState(NamedTuple):
     acceptance_rate: Array
 
 
-def init_chains(space: Space, key: Array, x0: Array, n: int) -> AnnealingState:
-    """Chain 0 at ``x0``, chains 1..n−1 at independent draws of ``space.sample``; scores −inf."""
+def init_chains(space: Space, key: Array, x0: Array, n: int, rows: Rows | None = None) -> AnnealingState:
+    """Chain 0 at ``x0``, chains 1..n−1 at independent draws of ``space.sample``; scores −inf.
+
+    ``rows``: only these chains (a shard's rows, :mod:`l2ljax.rows`), each as in the whole set."""
     k_points, k_state = jax.random.split(key)
-    others = jax.vmap(space.sample)(jax.random.split(k_points, n - 1)).astype(x0.dtype)
-    x = space.clip(jnp.concatenate([x0[None], others]))
-    return AnnealingState(x, jnp.full(n, -jnp.inf, x0.dtype), jnp.array(0, jnp.int32), k_state,
+    if rows is None or rows.whole:
+        others = jax.vmap(space.sample)(jax.random.split(k_points, n - 1)).astype(x0.dtype)
+        x = jnp.concatenate([x0[None], others])
+    else:
+        keys = jnp.concatenate([jax.random.split(k_points, n - 1)[:1], jax.random.split(k_points, n - 1)])
+        keys = keys[rows.start:rows.start + rows.count]  # chain j > 0 draws from the (j−1)-th key
+        drawn = jax.vmap(space.sample)(keys).astype(x0.dtype)
+        x = jnp.where((rows.indices() == 0)[:, None], x0[None], drawn)
+    count = x.shape[0]
+    return AnnealingState(space.clip(x), jnp.full(count, -jnp.inf, x0.dtype), jnp.array(0, jnp.int32), k_state,
                           jnp.array(0.0, x0.dtype))
 
 
-def propose(key: Array, x: Array, noisy_step: Array, temperatures: Array) -> Array:
-    """x + N(0, I) · noisy_step · T, with one temperature per chain (``(n,)`` or scalar)."""
-    z = jax.random.normal(key, x.shape, x.dtype)
+def propose(key: Array, x: Array, noisy_step: Array, temperatures: Array, rows: Rows | None = None) -> Array:
+    """x + N(0, I) · noisy_step · T, with one temperature per chain (``(n,)`` or scalar).
+
+    ``rows``: chain j's noise from ``fold_in(key, j)``, the same however the chains are split."""
+    z = jax.random.normal(key, x.shape, x.dtype) if rows is None else rows.normal(key, x.shape[1], x.dtype)
     scale = (noisy_step * jnp.broadcast_to(temperatures, x.shape[:1]))[:, None]
     return x + (z * scale).astype(x.dtype)
 
 
-def metropolis(chains: AnnealingState, proposals: Array, proposal_score: Array, temperatures: Array
-               ) -> AnnealingState:
+def metropolis(chains: AnnealingState, proposals: Array, proposal_score: Array, temperatures: Array,
+               rows: Rows | None = None) -> AnnealingState:
     """Accept each proposal if it scores at least as well, else with prob exp((f' − f)/T).
 
-    Non-finite proposal scores are never accepted. Advances ``step`` and the key.
+    Non-finite proposal scores are never accepted. Advances ``step`` and the key. ``rows``: these
+    chains are a shard's rows (the acceptance draws are those of the whole set; the rate is global).
     """
     key, k_accept = jax.random.split(chains.key)
-    u = jax.random.uniform(k_accept, chains.score.shape)
+    if rows is None:
+        u = jax.random.uniform(k_accept, chains.score.shape)
+    else:  # (n,) uniforms are small: draw the whole set's, keep this shard's
+        u = jax.random.uniform(k_accept, (rows.total_rows,))[rows.start:rows.start + rows.count]
     finite = jnp.isfinite(proposal_score)
     gain = jnp.where(finite, proposal_score - chains.score, -jnp.inf)  # +inf when the chain has no score yet
     accept = finite & ((gain >= 0) | (u < jnp.exp(jnp.minimum(gain / temperatures, 0.0))))
@@ -188,5 +204,6 @@ def metropolis(chains: AnnealingState, proposals: Array, proposal_score: Array, 
         score=jnp.where(accept, proposal_score, chains.score).astype(chains.score.dtype),
         step=chains.step + 1,
         key=key,
-        acceptance_rate=jnp.mean(accept.astype(chains.acceptance_rate.dtype)),
+        acceptance_rate=(jnp.mean(accept.astype(chains.acceptance_rate.dtype)) if rows is None else
+                         rows.total(jnp.sum(accept.astype(chains.acceptance_rate.dtype))) / rows.total_rows),
     )

@@ -59,6 +59,7 @@ from flax import struct
 
 from l2ljax import kalman
 from l2ljax.core import Evaluation, Optimizee, Optimizer, OptState, Space, check_positive_int, check_range, is_concrete
+from l2ljax.rows import Rows, everything
 
 _PROCESSES = (kalman.Inversion, kalman.TransformInversion, kalman.TikhonovInversion)
 _SCHEDULERS = (kalman.FixedStep, kalman.DataMisfitController)
@@ -104,16 +105,18 @@ def _kind(obj: Any, allowed: tuple[type, ...], what: str) -> Any:
 class EnsembleKalmanFilter(Optimizer):
     name = "EnsembleKalmanFilter"
     Params = EnsembleKalmanParams
+    sharded_fields = ("ensemble", "previous")
 
     def __init__(self, space: Space | Optimizee, pop_size: int = 100, *, sequential: bool = False,
                  outputs_per_sample: int | None = None, stochastic: bool = False,
                  noise_cov: Any = None, form: str = "auto", init_std: float | None = None,
                  step_schedule: Callable[[jax.Array], jax.Array] | None = None,
                  process: Any = None, scheduler: Any = None, accelerator: Any = None, localizer: Any = None,
-                 additive_cov: str = "prior"):
+                 additive_cov: str = "prior", rows: Rows | None = None):
         super().__init__(space, pop_size)
         if self.pop_size < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got pop_size={pop_size}")
+        self.rows = self._check_rows(rows, process, form)
         if sequential:
             self.outputs_per_sample = check_positive_int(outputs_per_sample, "outputs_per_sample")
         else:
@@ -155,6 +158,27 @@ class EnsembleKalmanFilter(Optimizer):
         if isinstance(process, kalman.TikhonovInversion) and self.noise_cov is not None and self.noise_cov.ndim == 2:
             raise kalman.StrategyError("TikhonovInversion needs a scalar or diagonal noise (the augmented Γ has "
                                        "M + P rows); pass noise_cov as a vector of variances")
+
+    def _check_rows(self, rows: Rows | None, process: Any, form: str) -> Rows | None:
+        """``rows``: this shard's rows of a sharded ensemble (set by a sharding coordinator, e.g.
+        ``parallel.MPI()``, through ``replace(rows=...)``; None: the whole ensemble is here)."""
+        if rows is None or rows.whole:
+            return None
+        if rows.total_rows != self.pop_size or rows.count < 1:
+            raise ValueError(f"rows {rows.start}..{rows.start + rows.count} of {rows.total_rows} do not shard an "
+                             f"ensemble of {self.pop_size} (every shard needs at least one member)")
+        if process is not None and not isinstance(process, kalman.Inversion):
+            raise kalman.StrategyError(f"{type(process).__name__} needs every member's anomalies in one place (its "
+                                       "J×J transform or augmented data couple all members): run it unsharded, "
+                                       "e.g. parallel.MPI(shard_state=False)")
+        if form == "ensemble":
+            raise kalman.StrategyError("a sharded ensemble needs the observation form; use form='observation' or "
+                                       "'auto'")
+        return rows
+
+    @property
+    def _rows(self) -> Rows:
+        return everything(self.pop_size) if self.rows is None else self.rows
 
     @property
     def default_params(self) -> EnsembleKalmanParams:
@@ -212,10 +236,11 @@ class EnsembleKalmanFilter(Optimizer):
 
     def _init(self, key: jax.Array, x0: jax.Array, params: EnsembleKalmanParams) -> EnsembleKalmanState:
         k_members, k_state = jax.random.split(key)
+        rows = self._rows  # a shard draws only its own members, each from its global index
         if self.init_std is None:
-            ensemble = jax.vmap(self.space.sample)(jax.random.split(k_members, self.pop_size))
+            ensemble = jax.vmap(self.space.sample)(rows.keys(k_members))
         else:
-            ensemble = x0 + self.init_std * jax.random.normal(k_members, (self.pop_size, x0.shape[0]), x0.dtype)
+            ensemble = x0 + self.init_std * rows.normal(k_members, x0.shape[0], x0.dtype)
         ensemble = self.space.clip(ensemble.astype(x0.dtype))
         teki = isinstance(self.process, kalman.TikhonovInversion)
         prior_mean = None
@@ -227,7 +252,7 @@ class EnsembleKalmanFilter(Optimizer):
             ensemble, jnp.array(jnp.nan, x0.dtype), jnp.array(0, jnp.int32), k_state,
             previous=ensemble if self._accelerated else None, theta=jnp.ones((), x0.dtype), elapsed=zero,
             terminated=jnp.array(False), step=zero, prior_mean=prior_mean,
-            prior_std=jnp.std(ensemble, 0) if self.additive_cov == "prior" else None)
+            prior_std=kalman.eki._std(ensemble, rows) if self.additive_cov == "prior" else None)
 
     def _ask(self, key: jax.Array, inner: EnsembleKalmanState, params: EnsembleKalmanParams) -> jax.Array:
         return inner.ensemble
@@ -250,7 +275,7 @@ class EnsembleKalmanFilter(Optimizer):
             phi = kalman.misfit_potential(outputs, targets, noise)
         phi = jnp.where(valid, phi, jnp.nan)
         q, capped = kalman.strategies._dmc(phi, outputs.shape[1], inner.elapsed.astype(dtype),
-                                           jnp.asarray(params.scheduler.terminate_at, dtype))
+                                           jnp.asarray(params.scheduler.terminate_at, dtype), self._rows)
         done = inner.elapsed >= params.scheduler.terminate_at
         h = jnp.where(done & (self.scheduler.on_terminate == "continue"), q, capped)
         h = jnp.where(jnp.isfinite(h) & (h > 0), h, 0.0)
@@ -272,9 +297,9 @@ class EnsembleKalmanFilter(Optimizer):
                                  f"outputs_per_sample={k}")
             return kalman.eki_update_sequential(
                 key, prior, outputs.reshape(n, -1, k), targets.reshape(-1, k), noise, stochastic=self.stochastic,
-                step_size=step, form=self.form, valid=valid, localizer=params.localizer)
+                step_size=step, form=self.form, valid=valid, localizer=params.localizer, rows=self.rows)
         return kalman.eki_update(key, prior, outputs, targets, noise, stochastic=self.stochastic, step_size=step,
-                                 form=self.form, valid=valid, localizer=params.localizer)
+                                 form=self.form, valid=valid, localizer=params.localizer, rows=self.rows)
 
     def _tell(self, inner: EnsembleKalmanState, population: jax.Array, evaluation: Evaluation,
               params: EnsembleKalmanParams) -> EnsembleKalmanState:
@@ -288,7 +313,7 @@ class EnsembleKalmanFilter(Optimizer):
         noise = params.gamma if params.noise_cov is None else jnp.asarray(params.noise_cov, population.dtype)
         h, elapsed, stopped = self._step_size(inner, params, outputs, targets, noise, valid)
         moves = ~stopped & (h > 0)
-        prior = kalman.inflate(population, params.inflation)
+        prior = kalman.inflate(population, params.inflation, rows=self.rows)
         updated = self._update(k_update, prior, outputs, targets, noise, jnp.where(moves, h, 1.0), valid, inner,
                                params)
         theta, previous = inner.theta, inner.previous
@@ -302,11 +327,12 @@ class EnsembleKalmanFilter(Optimizer):
         ensemble = jax.lax.cond(
             params.additive_inflation > 0,
             lambda U: kalman.additive_inflation(jax.random.fold_in(k_update, 7), U, params.additive_inflation,
-                                                step_size=h, std=inner.prior_std),
+                                                step_size=h, std=inner.prior_std, rows=self.rows),
             lambda U: U, ensemble)
         ensemble = jnp.where(moves, self.space.clip(ensemble), population)
         finite_outputs = jnp.where(valid[:, None], outputs, 0.0)
-        mean_output = jnp.sum(finite_outputs, 0) / jnp.maximum(jnp.sum(valid), 1)
+        rows = self._rows
+        mean_output = rows.total(jnp.sum(finite_outputs, 0)) / jnp.maximum(rows.total(jnp.sum(valid)), 1)
         dtype = population.dtype
         misfit = jnp.mean(jnp.square(mean_output - targets)).astype(dtype)
         return inner._replace(ensemble=ensemble, misfit=misfit, iteration=inner.iteration + moves.astype(jnp.int32),
@@ -314,9 +340,16 @@ class EnsembleKalmanFilter(Optimizer):
                               terminated=inner.terminated | stopped, step=jnp.where(moves, h, 0.0).astype(dtype))
 
     def mean_flat(self, state: OptState) -> jax.Array:
-        """The (P,) ensemble mean of the latest plain update (with momentum: u_n, not the extrapolated v_n)."""
+        """The (P,) ensemble mean of the latest plain update (with momentum: u_n, not the extrapolated v_n).
+
+        On a shard's rows (``rows`` set) every shard must call it: the mean is an all-reduce."""
         inner = state.inner
-        return jnp.mean(inner.previous if self._accelerated else inner.ensemble, axis=0)
+        members = inner.previous if self._accelerated else inner.ensemble
+        if members.shape[0] != self._rows.count:
+            raise ValueError(f"this state holds {members.shape[0]} members but the optimizer expects "
+                             f"{self._rows.count}: a shard's state needs the sharded optimizer "
+                             "(parallel.shard(opt)); a whole state (RunResult.state) the plain one")
+        return kalman.eki._mean(members, self._rows)
 
     def ensemble_mean(self, state: OptState) -> Any:
         """The ensemble-mean individual (pytree): the model LOD evaluates."""
@@ -324,7 +357,7 @@ class EnsembleKalmanFilter(Optimizer):
 
     def diagnostics(self, state: OptState) -> dict[str, jax.Array]:
         inner = state.inner
-        return {"misfit": inner.misfit, "spread": kalman.ensemble_spread(inner.ensemble), "step": inner.step,
+        return {"misfit": inner.misfit, "spread": kalman.ensemble_spread(inner.ensemble, self.rows), "step": inner.step,
                 "elapsed": inner.elapsed, "terminated": inner.terminated}
 
     def stop_when_terminated(self, log: Callable[[str], Any] = print) -> Callable[[Any, OptState], bool]:

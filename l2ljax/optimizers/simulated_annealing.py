@@ -83,6 +83,7 @@ from l2ljax.optimizers._annealing import (  # the schedules are part of SA's doc
     schedule_problem,
     temperature,
 )
+from l2ljax.rows import Rows, everything
 
 __all__ = ["ADDITIVE_SCHEDULES", "COOLING_SCHEDULES", "SimulatedAnnealing", "SimulatedAnnealingParams",
            "cooling_schedule_name", "temperature"]
@@ -104,11 +105,16 @@ class SimulatedAnnealingParams:
 class SimulatedAnnealing(Optimizer):
     name = "SimulatedAnnealing"
     Params = SimulatedAnnealingParams
+    sharded_fields = ("x", "score")  # independent chains: a shard keeps its own (parallel.MPI())
 
     def __init__(self, space: Space | Optimizee, n_parallel_runs: int = 10, cooling_schedule: Any = "default",
-                 n_iteration: int | None = None):
+                 n_iteration: int | None = None, rows: Rows | None = None):
         n_parallel_runs = check_positive_int(n_parallel_runs, "n_parallel_runs")
         super().__init__(space, n_parallel_runs)
+        if rows is not None and (rows.total_rows != n_parallel_runs or rows.count < 1):
+            raise ValueError(f"rows {rows.start}..{rows.start + rows.count} of {rows.total_rows} do not shard "
+                             f"{n_parallel_runs} chains")
+        self.rows = None if rows is None or rows.whole else rows
         self.n_parallel_runs = n_parallel_runs
         self.cooling_schedule = cooling_schedule_name(cooling_schedule)
         self.n_iteration = check_n_iteration([self.cooling_schedule], n_iteration, self.name)
@@ -129,14 +135,18 @@ class SimulatedAnnealing(Optimizer):
         return temperature(self.cooling_schedule, step, params.T0, params.Tn, params.temp_decay, self.n_iteration)
 
     def _init(self, key: Array, x0: Array, params: SimulatedAnnealingParams) -> AnnealingState:
-        return init_chains(self.space, key, x0, self.pop_size)
+        return init_chains(self.space, key, x0, self.pop_size, self._rows)
+
+    @property
+    def _rows(self) -> Rows:
+        return everything(self.pop_size) if self.rows is None else self.rows
 
     def _ask(self, key: Array, inner: AnnealingState, params: SimulatedAnnealingParams) -> Array:
-        return propose(key, inner.x, params.noisy_step, self.temperature(params, inner.step))
+        return propose(key, inner.x, params.noisy_step, self.temperature(params, inner.step), self._rows)
 
     def _tell(self, inner: AnnealingState, population: Array, evaluation: Evaluation,
               params: SimulatedAnnealingParams) -> AnnealingState:
-        return metropolis(inner, population, evaluation.score, self.temperature(params, inner.step + 1))
+        return metropolis(inner, population, evaluation.score, self.temperature(params, inner.step + 1), self.rows)
 
     def diagnostics(self, state: Any) -> dict[str, Array]:
         """``temperature``: of the last acceptance test (= of the next proposals)."""

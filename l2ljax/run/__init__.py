@@ -46,6 +46,7 @@ from l2ljax.run.program import (
     make_step,
     record_level,
 )
+from l2ljax.run.watchdog import watching
 
 __all__ = ["Callback", "ProgressBar", "Program", "RunDirectory", "RunResult", "generation_keys", "make_record",
            "make_step", "record_level", "run", "run_many"]
@@ -126,47 +127,57 @@ def run(
         raise ValueError("resume=True needs the directory of the run to resume")
     callbacks, level, parallel = _as_list(callbacks), record_level(keep_population, summary), coordinator(parallel)
     k_init, run_key = jax.random.split(as_key(key))
-    state = optimizer.init(k_init, params, x0) if state is None else state
+    mine = parallel.shard(optimizer)  # the optimizer this process runs (its rows of a sharded population)
+    state = mine.init(k_init, params, x0) if state is None else parallel.own_rows(optimizer, state)
+    whole = parallel.whole_template(optimizer, state)  # the shapes of the whole state, as checkpoints hold it
     meta = run_meta(optimizer, optimizee, n_generations, level, state.params, parallel)
-    parallel.check_same(fingerprint(meta, run_key, state))
-    rundir = RunDirectory.open(directory, meta, state, run_key, resume=resume, n_generations=n_generations,
+    parallel.check_same(fingerprint(meta, run_key, whole))
+    rundir = RunDirectory.open(directory, meta, whole, run_key, resume=resume, n_generations=n_generations,
                                explicit_params=state.params if params is not None else None, parallel=parallel)
     try:
-        program = Program.build(optimizer, optimizee, level, min(_chunk_size(chunk_size, n_generations, directory,
+        program = Program.build(mine, optimizee, level, min(_chunk_size(chunk_size, n_generations, directory,
                                 progress, callbacks, optimizee), n_generations - rundir.generation) or 1,
                                 stop_criterion, parallel)
         callbacks += [ProgressBar(n_generations)] if progress and parallel.is_writer else []
-        state, run_key = parallel.place(rundir.state), rundir.run_key
+        resumed = rundir.state is not whole
+        state = parallel.place(parallel.own_rows(optimizer, rundir.state) if resumed else state)
+        run_key = rundir.run_key
         program.check_traces(state, run_key)
         stopped = program.criterion_met(state) and rundir.generation > 0
         hosted = directory is not None or progress
         pace = Pace(chunk_seconds if hosted and program.chunk_size > 1 else None)
         with deferred_interrupts(enabled=hosted) as interrupts:
             state, stopped = _loop(program, rundir, state, run_key, n_generations, callbacks, parallel, pace,
-                                   interrupts, stopped)
+                                   interrupts, stopped, optimizer)
         _close(callbacks)
+        state = parallel.whole_state(optimizer, state, everywhere=True)
     finally:
         rundir.close()
     return _result(optimizer, optimizee, state, rundir, stopped, n_generations)
 
 
 def _loop(program: Program, rundir: RunDirectory, state: OptState, run_key: jax.Array, n_generations: int,
-          callbacks: list[Callback], parallel: Coordinator, pace: Pace, interrupts: Any, stopped: bool
-          ) -> tuple[OptState, bool]:
+          callbacks: list[Callback], parallel: Coordinator, pace: Pace, interrupts: Any, stopped: bool,
+          optimizer: Optimizer) -> tuple[OptState, bool]:
     """ask → evaluate → tell (compiled, in paced sub-chunks) → record, until done or stopped."""
-    unsaved = _Unsaved()
+    # checkpoints hold the whole state: a sharded one is gathered to the writer when it is saved
+    unsaved = _Unsaved(lambda s: s if rundir.path is None else parallel.whole_state(optimizer, s))
+    watch, compiles = watching(parallel), True  # a rank that hangs ends the job
     while rundir.generation + unsaved.count < n_generations and not stopped:
-        started = time.perf_counter()
-        state, records, stopped = program.advance(state, run_key, rundir.generation + unsaved.count, n_generations,
-                                                  pace.steps(program.chunk_size - unsaved.count))
+        started, generation = time.perf_counter(), rundir.generation + unsaved.count
+        with watch("chunk", f"the chunk from generation {generation}", setup=compiles):
+            state, records, stopped = program.advance(state, run_key, generation, n_generations,
+                                                      pace.steps(program.chunk_size - unsaved.count))
+        compiles = False
         pace.observe(len(records["generation"]), time.perf_counter() - started)
         unsaved.add(records)
         interrupted = parallel.settle(interrupts.requested, None)  # every rank stops at the same generation
         try:  # record: on disk (every chunk_size generations), in the history, to the callbacks
-            if interrupted or stopped or unsaved.count >= program.chunk_size or \
-                    rundir.generation + unsaved.count >= n_generations:
-                unsaved.write_to(rundir, state, run_key)
-            stopped = _notify(callbacks, records, state) or stopped
+            with watch("record", "writing the run directory and calling the callbacks"):
+                if interrupted or stopped or unsaved.count >= program.chunk_size or \
+                        rundir.generation + unsaved.count >= n_generations:
+                    unsaved.write_to(rundir, state, run_key)
+                stopped = _notify(callbacks, records, state) or stopped
         except Exception as failure:  # raised on every rank, not only this one
             stopped = parallel.settle(stopped, failure)
         else:  # a callback's stop holds on every rank
@@ -181,9 +192,10 @@ def _loop(program: Program, rundir: RunDirectory, state: OptState, run_key: jax.
 class _Unsaved:
     """Sub-chunks run since the last save."""
 
-    def __init__(self) -> None:
+    def __init__(self, whole: Callable[[OptState], OptState]) -> None:
         self.records: list[Record] = []
         self.count = 0
+        self.whole = whole
 
     def add(self, records: Record) -> None:
         self.records.append(records)
@@ -192,7 +204,7 @@ class _Unsaved:
     def write_to(self, rundir: RunDirectory, state: OptState, run_key: jax.Array) -> None:
         if self.count:
             joined = {name: np.concatenate([r[name] for r in self.records]) for name in self.records[0]}
-            rundir.write(joined, state, run_key, self.count)
+            rundir.write(joined, self.whole(state), run_key, self.count)
         self.records, self.count = [], 0
 
 

@@ -44,6 +44,11 @@ def make_record(optimizer: Optimizer, state: OptState, population: jax.Array, ev
                 generation: jax.Array, level: str) -> Record:
     """What the trajectory stores of one generation at a record ``level`` (see :data:`LEVELS`)."""
     record = {"generation": generation, "best_score": state.best_score}
+    rows = optimizer.rows
+    if rows is not None:  # a shard's rows: the record is the whole population's (J numbers, gathered)
+        evaluation = evaluation._replace(fitness=rows.gather(evaluation.fitness), score=rows.gather(evaluation.score))
+        if level == "population":  # the user asked for every member every generation
+            population = rows.gather(population)
     if level == "summary":  # O(1) per generation: for large populations of large individuals
         finite = jnp.isfinite(evaluation.score)
         masked = jnp.where(finite, evaluation.score, jnp.nan)
@@ -74,7 +79,7 @@ def make_step(optimizer: Optimizer, optimizee: Optimizee, *, keep_population: bo
     def step(state: OptState, run_key: jax.Array) -> tuple[OptState, Record]:
         k_ask, k_eval = generation_keys(run_key, state.generation)
         population = optimizer.ask_flat(k_ask, state)
-        evaluation = optimizee.evaluate_flat(k_eval, population, state.generation, parallel)
+        evaluation = optimizee.evaluate_flat(k_eval, population, state.generation, parallel, rows=optimizer.rows)
         new_state = optimizer.tell_flat(state, population, evaluation)
         return new_state, make_record(optimizer, new_state, population, evaluation, state.generation, level)
 

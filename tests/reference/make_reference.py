@@ -1,9 +1,14 @@
 """Write tests/reference/trajectories.npz: every optimizer case's trajectory for fixed keys.
 
 Run from the repository root (``PYTHONPATH=. python tests/reference/make_reference.py``) only to
-record numbers on purpose; ``tests/test_reference.py`` then requires bit-identical runs. The
-file was recorded before the run layer's refactor (issue #8); a later change of numbers must be
-a documented bug fix.
+record numbers on purpose (``... make_reference.py EnKF-stochastic`` re-records one case);
+``tests/test_reference.py`` then requires bit-identical runs on a CPU with the recording
+machine's vector instruction set (XLA:CPU's code, hence its rounding, depends on it), and agreement
+to float32 rounding elsewhere. The file was recorded before the run layer's refactor (issue #8);
+a later change of numbers must be a documented change. Re-recorded since: EnKF-stochastic (each
+member's perturbations drawn from its own row key, so that a sharded ensemble draws the same
+numbers; issue #14), SA and SA-linear_additive (each chain's proposal noise from its own row key,
+so that chains split over ranks draw the same numbers; issue #14).
 """
 
 import sys
@@ -19,6 +24,16 @@ import l2ljax  # noqa: E402
 
 GENERATIONS = 5
 PATH = Path(__file__).with_name("trajectories.npz")
+RECORDED_ON = "avx512"  # the vector ISA of the machine that recorded the file (the first cases)
+
+
+def vector_isa() -> str:
+    """'avx512', 'avx2' or 'other': what XLA:CPU generates code for on this machine."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "other"
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
 
 
 def record(case: str, problem_name: str) -> dict[str, np.ndarray]:
@@ -34,9 +49,12 @@ def record(case: str, problem_name: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def all_records() -> dict[str, np.ndarray]:
+def all_records(only: list[str] | None = None) -> dict[str, np.ndarray]:
     out = {}
     for case, (_, kind) in cases.CASES.items():
+        if only and case not in only:
+            continue
+        out[f"{case}|__isa__"] = np.asarray(vector_isa())
         for name in cases.problems(kind):
             for field, value in record(case, name).items():
                 out[f"{case}|{name}|{field}"] = value
@@ -44,5 +62,7 @@ def all_records() -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
-    np.savez_compressed(PATH, **all_records())
+    only = sys.argv[1:]
+    kept = {} if not only else {k: v for k, v in np.load(PATH).items() if k.split("|")[0] not in only}
+    np.savez_compressed(PATH, **kept, **all_records(only))
     print(PATH, PATH.stat().st_size, "bytes")
