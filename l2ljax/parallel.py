@@ -700,6 +700,11 @@ class Distributed(_Ranks, Devices):
     collectives (``multihost_utils``); host simulators split their rows by process, as ``MPI``.
     Rank 0 (``jax.process_index() == 0``) writes the run directory and shows progress; every
     rank returns the same result.
+
+    Unlike ``MPI``: the state is never sharded (the EnKF ensemble stays whole on every process,
+    as under ``MPI(shard_state=False)``), and there is no watchdog: a process that hangs or dies
+    outside l2ljax's checks is noticed by JAX's coordination service after
+    ``heartbeat_timeout_seconds`` (default 100 s).
     """
 
     ranks_name = "jax.distributed processes"
