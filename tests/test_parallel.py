@@ -462,3 +462,12 @@ def test_distributed_in_one_process_names_what_is_missing(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(RuntimeError, match="launched as one process"):
         parallel.Distributed()
+
+
+def test_distributed_after_jax_has_computed_says_to_create_it_first(monkeypatch):
+    jax.devices()  # the backend is up: joining a job now is refused at once, before any connection
+    monkeypatch.setenv("L2LJAX_COORDINATOR", "127.0.0.1:1")
+    monkeypatch.setenv("L2LJAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("L2LJAX_PROCESS_ID", "1")
+    with pytest.raises(RuntimeError, match=r"from L2LJAX_NUM_PROCESSES failed.*Create Distributed\(\) before JAX"):
+        parallel.Distributed()
