@@ -3,6 +3,9 @@
 The multi-device and MPI runs happen in subprocesses (``parallel_worker.py``): CPU devices must be
 created before JAX starts, and MPI needs ``mpirun``. The MPI tests skip where mpi4jax or mpirun is
 missing, unless ``L2LJAX_REQUIRE_MPI=1`` (set by CI, which installs them) turns that into a failure.
+The ``jax.distributed`` tests (``distributed_worker.py``) start their processes themselves and need
+nothing but JAX (mpi4py and mpi4jax are made unimportable there): they never skip; only their
+``mpirun`` variant needs MPI, and is held to ``L2LJAX_REQUIRE_MPI`` like the others.
 """
 
 import json
