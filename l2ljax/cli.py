@@ -472,9 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="precision of the ensemble forward pass (the update is always float32)")
     enkf.add_argument("--eval-every", type=int, default=50,
                       help="test the ensemble-mean network (and checkpoint) every N iterations")
-    enkf.add_argument("--parallel", choices=["auto", "none", "devices", "mpi"], default="auto",
-                      help="split the ensemble's forward passes over MPI ranks (srun/mpirun) or local "
-                           "devices; auto: MPI when launched as several ranks, else all local accelerators")
+    enkf.add_argument("--parallel", choices=["auto", "none", "devices", "mpi", "distributed"], default="auto",
+                      help="split the ensemble's forward passes over ranks (srun/mpirun: mpi4jax, or "
+                           "jax.distributed without MPI) or local devices; auto: $L2LJAX_PARALLEL if set, else "
+                           "for several ranks MPI when mpi4jax imports, else distributed; else all local accelerators")
     enkf.add_argument("--full", action="store_true", help="the full LOD setting: J=5000, 7500 iterations (a GPU)")
     enkf.add_argument("--data-dir", help="folder with the MNIST IDX files (default: $L2LJAX_MNIST_DIR, else "
                                          "~/.cache/l2ljax/mnist)")

@@ -16,25 +16,39 @@ on the split; a two-argument ``fn(population, seed)`` gets a seed of its own per
 - ``MPI``: one process per rank (``srun``/``mpirun``), rows gathered with mpi4jax inside the
   jitted step (``mpi4py`` for optimizees evaluated on the host). Rank 0 writes the run directory
   and shows progress; every rank returns the same result.
+- ``Distributed``: one process per rank joined by ``jax.distributed`` (multi-controller JAX), no
+  MPI needed: the jitted step is one program over a mesh of every process's devices (NCCL
+  between GPUs, gloo between CPU processes), the rows split and gathered as ``Devices`` does;
+  agreement on the host goes through JAX's own collectives. Rank 0 writes, as under ``MPI``.
 - ``SingleProcess``: the no-op scheme of a plain run (what ``parallel=None`` means).
-- ``auto()``: ``MPI`` when launched as several ranks, else ``Devices`` when there are several
-  local devices, else ``None`` (plain ``jit``).
+- ``auto()`` picks, in this order: the engine named by ``$L2LJAX_PARALLEL`` (``none``,
+  ``devices``, ``mpi``, ``distributed``); ``Distributed`` for a launch by hand
+  (``L2LJAX_NUM_PROCESSES`` > 1); for several ranks of a launcher (``srun``, ``mpirun``) ``MPI``
+  if mpi4jax imports, else ``Distributed``; ``Devices`` when this process has several
+  accelerators; else ``None`` (plain ``jit``). Which to install: mpi4jax where a system MPI is
+  what the site has (CPU clusters, a CUDA-aware MPI); multi-controller JAX on GPU clusters (JAX's
+  own route: NCCL between GPUs, nothing to build against the site) and wherever there is no MPI.
 
 A population whose size is not a multiple of the shard count is padded with copies of its first
 row, which are scored and dropped: no ragged-shape errors, at most ``shards - 1`` wasted rows.
 
-Example (``srun -n 4 python train.py``, or ``mpirun -n 4``)::
+Example (``srun -n 4 python train.py``, or ``mpirun -n 4``; ``L2LJAX_PARALLEL=distributed`` for
+multi-controller JAX)::
 
     result = l2ljax.run(opt, problem, key, 100, parallel=l2ljax.parallel.auto(), directory="runs/a")
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import pickle
+import re
+import socket
 import warnings
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -262,10 +276,10 @@ class Devices(SingleProcess):
         return tuple(d.id for d in self.mesh.devices.flat)
 
     def __eq__(self, other: object) -> bool:  # equal meshes reuse compiled programs
-        return isinstance(other, Devices) and self._ids() == other._ids()
+        return type(other) is type(self) and self._ids() == other._ids()
 
     def __hash__(self) -> int:
-        return hash(("Devices", self._ids()))
+        return hash((type(self).__name__, self._ids()))
 
     def map_rows(self, compute: Callable[[PyTree], PyTree], rows: PyTree) -> PyTree:
         """``compute(rows)`` with the rows split over the devices; traced inside ``jit``.
@@ -292,7 +306,87 @@ class Devices(SingleProcess):
         return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
 
 
-class MPI(_Replicated):
+class _Ranks:
+    """The host-side agreement of engines with one process per rank, declared once.
+
+    Subclasses set ``rank``, ``n_ranks`` and ``ranks_name`` (for messages) and give
+    ``_allgather`` (every rank's picklable value, in rank order); ``_broadcast`` defaults to rank
+    0's entry of it. Each exchange runs in a phase of the scheme's watchdog, if it has one
+    (:mod:`l2ljax.run.watchdog`).
+    """
+
+    rank: int
+    n_ranks: int
+    ranks_name = "ranks"
+
+    def _allgather(self, value: Any) -> list:
+        raise NotImplementedError
+
+    def _broadcast(self, value: Any) -> Any:
+        return self._allgather(value)[0]
+
+    def _phase(self, key: str, description: str, **options: bool) -> contextlib.AbstractContextManager:
+        from l2ljax.run.watchdog import watching  # here: l2ljax.run imports this module
+
+        return watching(self)(key, description, **options)
+
+    def agree(self, value: Any) -> Any:
+        """Rank 0's value on every rank (e.g. whether to stop): ranks never take different paths."""
+        with self._phase("agree", "rank 0's decision (agree)", waits=True):
+            return self._broadcast(value)
+
+    def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
+                      ) -> np.ndarray:
+        """Host evaluation of this rank's rows, gathered: ``compute(rows, seed, first_row)`` with the
+        same seed on every rank; ``first_row`` lets a simulator derive per-row seeds that do not
+        depend on the split (:func:`l2ljax.core.host_convention`). If the simulator raises on any
+        rank, every rank raises (none is left waiting)."""
+        per_rank = math.ceil(rows.shape[0] / self.n_ranks)
+        mine = rows[self.rank * per_rank:(self.rank + 1) * per_rank]
+        result, error = None, None
+        try:
+            with self._phase("simulator", "the host simulator (its rows of the population)"):
+                result = compute(mine, seed, self.rank * per_rank) if len(mine) else None
+        except Exception as failure:  # re-raised below, on every rank
+            error = failure
+        parts = self._gather_or_raise(result, error)
+        return np.concatenate([part for part in parts if part is not None])
+
+    def check_same(self, fingerprint: dict[str, str]) -> None:
+        """Raise on every rank, naming the fields and ranks, unless every rank has rank 0's
+        ``fingerprint`` (digests of the key, optimizer, optimizee, hyperparameters and versions):
+        ranks called differently would diverge silently or deadlock in a collective."""
+        with self._phase("check_same", "the check that every rank runs the same run", waits=True, setup=True):
+            everyone = self._allgather(fingerprint)
+        differing = {field: [r for r, theirs in enumerate(everyone) if theirs.get(field) != value]
+                     for field, value in everyone[0].items()}
+        differing = {field: ranks for field, ranks in differing.items() if ranks}
+        if differing:
+            named = "; ".join(f"{field} on rank(s) {', '.join(map(str, ranks))}" for field, ranks in differing.items())
+            raise ValueError(f"{self.ranks_name} were called differently from rank 0: {named}. Every rank must run "
+                             "the same script with the same key, settings, data and package versions")
+
+    def raise_together(self, error: BaseException | None) -> None:
+        """Raise on every rank if any rank failed, instead of leaving the others waiting forever."""
+        self._gather_or_raise(None, error)
+
+    def settle(self, stop: bool, error: BaseException | None) -> bool:
+        """After a chunk's host work: raise everywhere if any rank failed; stop if any rank asks to."""
+        return any(self._gather_or_raise(bool(stop), error))
+
+    def _gather_or_raise(self, value: Any, error: BaseException | None) -> list:
+        """Every rank's ``value``; or, if any rank had an ``error``, raise there and on every other rank."""
+        with self._phase("exchange", "the exchange of errors and stops", waits=True):
+            gathered = self._allgather((value, None if error is None else f"{type(error).__name__}: {error}"))
+        if error is not None:
+            raise error
+        for rank, (_, message) in enumerate(gathered):
+            if message is not None:
+                raise RuntimeError(f"rank {rank} failed: {message}")
+        return [part for part, _ in gathered]
+
+
+class MPI(_Ranks, _Replicated):
     """One process per MPI rank; each rank scores its slice of the population.
 
     comm: an mpi4py communicator (default: a clone of ``COMM_WORLD``, so that l2ljax's messages
@@ -323,6 +417,8 @@ class MPI(_Replicated):
     it, where ranks still load their data, get at least ``L2LJAX_SETUP_TIMEOUT`` (default 1 h).
     """
 
+    ranks_name = "MPI ranks"
+
     def __init__(self, comm: Any = None, timeout: float | None = None, *, shard_state: bool = True):
         try:
             import mpi4jax  # noqa: F401 (checked here, used in map_rows)
@@ -332,6 +428,7 @@ class MPI(_Replicated):
                               "(built against your cluster's MPI)") from error
         self.comm = _world_clone(_mpi) if comm is None else comm
         self.rank, self.n_shards = self.comm.Get_rank(), self.comm.Get_size()
+        self.n_ranks = self.n_shards
         self.is_writer = self.rank == 0
         self.shard_state = bool(shard_state)
         self._sharded: dict[int, tuple[Any, Any]] = {}  # id(optimizer) -> (optimizer, its sharded copy)
@@ -429,53 +526,8 @@ class MPI(_Replicated):
 
         return jax.tree_util.tree_map(gather, compute(mine))
 
-    def map_rows_host(self, compute: Callable[[np.ndarray, int, int], np.ndarray], rows: np.ndarray, seed: int
-                      ) -> np.ndarray:
-        """Host evaluation of this rank's rows, gathered: ``compute(rows, seed, first_row)`` with the
-        same seed on every rank; ``first_row`` lets a simulator derive per-row seeds that do not
-        depend on the split (:func:`l2ljax.core.host_convention`). If the simulator raises on any
-        rank, every rank raises (none is left waiting)."""
-        per_shard = math.ceil(rows.shape[0] / self.n_shards)
-        mine = rows[self.rank * per_shard:(self.rank + 1) * per_shard]
-        result, error = None, None
-        try:
-            with self.watchdog.phase("simulator", "the host simulator (its rows of the population)"):
-                result = compute(mine, seed, self.rank * per_shard) if len(mine) else None
-        except Exception as failure:  # re-raised below, on every rank
-            error = failure
-        parts = self._gather_or_raise(result, error)
-        return np.concatenate([part for part in parts if part is not None])
-
     def place(self, tree: PyTree) -> PyTree:
         return tree
-
-    def agree(self, value: Any) -> Any:
-        """Rank 0's value on every rank (e.g. whether to stop): ranks never take different paths."""
-        with self.watchdog.phase("agree", "rank 0's decision (agree)", waits=True):
-            return self.comm.bcast(value, root=0)
-
-    def check_same(self, fingerprint: dict[str, str]) -> None:
-        """Raise on every rank, naming the fields and ranks, unless every rank has rank 0's
-        ``fingerprint`` (digests of the key, optimizer, optimizee, hyperparameters and versions):
-        ranks called differently would diverge silently or deadlock in a collective."""
-        with self.watchdog.phase("check_same", "the check that every rank runs the same run", waits=True,
-                                 setup=True):
-            everyone = self.comm.allgather(fingerprint)
-        differing = {field: [r for r, theirs in enumerate(everyone) if theirs.get(field) != value]
-                     for field, value in everyone[0].items()}
-        differing = {field: ranks for field, ranks in differing.items() if ranks}
-        if differing:
-            named = "; ".join(f"{field} on rank(s) {', '.join(map(str, ranks))}" for field, ranks in differing.items())
-            raise ValueError(f"MPI ranks were called differently from rank 0: {named}. Every rank must run the "
-                             "same script with the same key, settings, data and package versions")
-
-    def raise_together(self, error: BaseException | None) -> None:
-        """Raise on every rank if any rank failed, instead of leaving the others waiting forever."""
-        self._gather_or_raise(None, error)
-
-    def settle(self, stop: bool, error: BaseException | None) -> bool:
-        """After a chunk's host work: raise everywhere if any rank failed; stop if any rank asks to."""
-        return any(self._gather_or_raise(bool(stop), error))
 
     def any_traced(self, flag: jax.Array) -> jax.Array:
         """Whether ``flag`` is set on any rank, inside ``jit``: ranks whose replicated states drifted
@@ -485,16 +537,11 @@ class MPI(_Replicated):
 
         return mpi4jax.allreduce(flag.astype(jnp.int32), op=_mpi.MAX, comm=self.comm) > 0
 
-    def _gather_or_raise(self, value: Any, error: BaseException | None) -> list:
-        """Every rank's ``value``; or, if any rank had an ``error``, raise there and on every other rank."""
-        with self.watchdog.phase("exchange", "the exchange of errors and stops", waits=True):
-            gathered = self.comm.allgather((value, None if error is None else f"{type(error).__name__}: {error}"))
-        if error is not None:
-            raise error
-        for rank, (_, message) in enumerate(gathered):
-            if message is not None:
-                raise RuntimeError(f"rank {rank} failed: {message}")
-        return [part for part, _ in gathered]
+    def _allgather(self, value: Any) -> list:
+        return self.comm.allgather(value)
+
+    def _broadcast(self, value: Any) -> Any:
+        return self.comm.bcast(value, root=0)
 
 
 def _map_sharded(optimizer: Any, state: PyTree, fn: Callable[[Any], Any]) -> PyTree:
@@ -516,46 +563,274 @@ def _world_clone(mpi: Any) -> Any:
     return _WORLD_CLONE
 
 
-Parallel = Devices | MPI
+class LaunchSpec(NamedTuple):
+    """How this process joins a ``jax.distributed`` job: the coordinator's ``host:port`` (None:
+    rank 0 tells it through mpi4py), how many processes, which one this is, and who said so."""
+
+    coordinator_address: str | None
+    num_processes: int
+    process_id: int
+    launcher: str
 
 
-NAMES = ("auto", "none", "devices", "mpi")
+# (launcher, rank variable, count variable), in the order of _RANK_COUNT_VARIABLES (MPI's own
+# process managers before an inherited Slurm step); ours first: a launch by hand names itself.
+_LAUNCHERS = (("L2LJAX_NUM_PROCESSES", "L2LJAX_PROCESS_ID", "L2LJAX_NUM_PROCESSES"),
+              ("mpirun (Hydra/PMI)", "PMI_RANK", "PMI_SIZE"),
+              ("Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+              ("PMIx", "PMIX_RANK", "PMIX_SIZE"),
+              ("srun", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"))
+COORDINATOR_VARIABLE = "L2LJAX_COORDINATOR"
+
+
+def launch_spec(coordinator_address: str | None = None, num_processes: int | None = None,
+                process_id: int | None = None, environ: dict[str, str] | None = None) -> LaunchSpec:
+    """The arguments of ``jax.distributed.initialize``: those given, else from the launcher.
+
+    Processes: ``L2LJAX_NUM_PROCESSES``/``L2LJAX_PROCESS_ID``, else the variables of mpirun (Hydra
+    ``PMI_*``, Open MPI, PMIx) or of an ``srun`` step. Coordinator: ``L2LJAX_COORDINATOR`` (or
+    JAX's ``JAX_COORDINATOR_ADDRESS``), else for ``srun`` the step's first node and a port derived
+    from the job and step ids, else for mpirun None (rank 0's host and a free port, through mpi4py).
+    """
+    environ = os.environ if environ is None else environ
+    launcher = next((entry for entry in _LAUNCHERS if environ.get(entry[2], "").isdigit()), None)
+    name = "arguments" if launcher is None else launcher[0]
+    if num_processes is None:
+        if launcher is None:
+            raise RuntimeError(
+                "Distributed(): launched as one process: no launcher variables (srun, mpirun) and no "
+                "L2LJAX_NUM_PROCESSES. Launch one process per rank with srun or mpirun, or start them yourself with "
+                f"{COORDINATOR_VARIABLE}=host:port, L2LJAX_NUM_PROCESSES=N and L2LJAX_PROCESS_ID=i on each")
+        num_processes = int(environ[launcher[2]])
+    if process_id is None:
+        rank = "" if launcher is None else environ.get(launcher[1], "")
+        if not rank.isdigit():
+            raise RuntimeError(f"Distributed(): {name} gives {num_processes} processes but not this one's index: "
+                               f"set {'L2LJAX_PROCESS_ID' if launcher is None else launcher[1]} or pass process_id")
+        process_id = int(rank)
+    address = coordinator_address or environ.get(COORDINATOR_VARIABLE) or environ.get("JAX_COORDINATOR_ADDRESS")
+    if address is None and name == "srun" and "SLURM_STEP_NODELIST" in environ:
+        job, step = int(environ.get("SLURM_JOB_ID", "0")), int(environ.get("SLURM_STEP_ID", "0") or 0)
+        address = f"{first_host(environ['SLURM_STEP_NODELIST'])}:{61440 + (31 * job + step) % 4096}"
+    if address is None and name in ("arguments", "L2LJAX_NUM_PROCESSES", "srun"):
+        raise RuntimeError(f"Distributed(): no coordinator address for {num_processes} processes: set "
+                           f"{COORDINATOR_VARIABLE}=host:port (rank 0's host, a free port) on every process, or pass "
+                           "coordinator_address")
+    return LaunchSpec(address, num_processes, process_id, name)
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: ``gpu[003-010,012],cpu1`` → ``gpu003``."""
+    prefix, ranges, suffix = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?([^,]*)", nodelist).groups()
+    return prefix + ("" if ranges is None else re.split("[,-]", ranges)[0]) + suffix
+
+
+def _mpi4py_address(num_processes: int) -> str:
+    """Rank 0's host name and a free port there, sent to every rank by mpi4py (mpirun gives no
+    address of its own; Hydra's ``PMI_*`` variables are not among those JAX reads)."""
+    try:
+        from mpi4py import MPI as _mpi
+    except ImportError as error:
+        raise RuntimeError(f"Distributed(): launched by mpirun without a coordinator address: set "
+                           f"{COORDINATOR_VARIABLE}=host:port (rank 0's host, a free port), or install mpi4py "
+                           "to let rank 0 choose one") from error
+    world = _mpi.COMM_WORLD
+    if world.Get_size() != num_processes:
+        raise RuntimeError(f"Distributed(): the launcher started {num_processes} ranks but mpi4py sees "
+                           f"{world.Get_size()} (built against another MPI): set {COORDINATOR_VARIABLE}=host:port")
+    address = None
+    if world.Get_rank() == 0:
+        with socket.socket() as probe:  # a port free now; JAX's coordinator binds it moments later
+            probe.bind(("", 0))
+            address = f"{socket.gethostname()}:{probe.getsockname()[1]}"
+    return world.bcast(address, root=0)
+
+
+def _visible_gpu_count(environ: dict[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([entry for entry in visible.split(",") if entry.strip()])
+    return _count_nvidia_gpus() or 0
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, **options: Any) -> None:
+    """``jax.distributed.initialize`` once per process, with the arguments of :func:`launch_spec`.
+
+    A second call checks that it asks for the job already joined. Before joining, each rank of a
+    node gets its own GPU (:func:`bind_local_gpu`) and JAX is told to use every GPU it then sees:
+    JAX's own Slurm rule (GPU number ``SLURM_LOCALID``) fails under ``--gpus-per-task=1``, where
+    each rank sees one GPU, number 0. On CPUs the collectives run over gloo.
+    """
+    if jax.distributed.is_initialized():
+        for asked, joined, what in ((num_processes, jax.process_count(), "num_processes"),
+                                    (process_id, jax.process_index(), "process_id")):
+            if asked is not None and asked != joined:
+                raise RuntimeError(f"Distributed(): jax.distributed is already initialized with {what}={joined}, "
+                                   f"not {asked}; a process joins one job")
+        return
+    spec = launch_spec(coordinator_address, num_processes, process_id)
+    address = spec.coordinator_address or _mpi4py_address(spec.num_processes)
+    bind_local_gpu()
+    options.setdefault("local_device_ids", list(range(_visible_gpu_count())))
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(address, spec.num_processes, spec.process_id, **options)
+    except RuntimeError as error:
+        raise RuntimeError(f"Distributed(): jax.distributed.initialize({address!r}, num_processes="
+                           f"{spec.num_processes}, process_id={spec.process_id}) from {spec.launcher} failed: "
+                           f"{error}. Create Distributed() before JAX computes anything (it must join the job "
+                           "first), with the same coordinator address on every process") from error
+
+
+class Distributed(_Ranks, Devices):
+    """One process per rank joined by ``jax.distributed`` (multi-controller JAX): no MPI needed.
+
+    coordinator_address, num_processes, process_id: as ``jax.distributed.initialize``; None reads
+        them from the launcher (:func:`launch_spec`: ``srun``, mpirun, or ``L2LJAX_COORDINATOR``,
+        ``L2LJAX_NUM_PROCESSES``, ``L2LJAX_PROCESS_ID``). Further keywords go to
+        ``jax.distributed.initialize`` (e.g. ``heartbeat_timeout_seconds``).
+
+    Create it before JAX computes anything. The jitted step runs as one program over a mesh of
+    every process's devices: the state is replicated, the population's rows are split over all
+    devices (NCCL between GPUs; gloo between CPU processes) and gathered back, as ``Devices``
+    does within one process. Host-side agreement (stops, errors, fingerprints) goes through JAX's
+    collectives (``multihost_utils``); host simulators split their rows by process, as ``MPI``.
+    Rank 0 (``jax.process_index() == 0``) writes the run directory and shows progress; every
+    rank returns the same result.
+
+    Unlike ``MPI``: the state is never sharded (the EnKF ensemble stays whole on every process,
+    as under ``MPI(shard_state=False)``), and there is no watchdog: a process that hangs or dies
+    outside l2ljax's checks is noticed by JAX's coordination service after
+    ``heartbeat_timeout_seconds`` (default 100 s).
+    """
+
+    ranks_name = "jax.distributed processes"
+
+    def __init__(self, coordinator_address: str | None = None, num_processes: int | None = None,
+                 process_id: int | None = None, **options: Any):
+        initialize_distributed(coordinator_address, num_processes, process_id, **options)
+        self.rank, self.n_ranks = jax.process_index(), jax.process_count()
+        self.is_writer = self.rank == 0
+        self.mesh = Mesh(np.array(jax.devices()), ("population",))
+        self.n_shards = self.mesh.size
+
+    def __repr__(self) -> str:
+        return (f"Distributed(process {self.rank} of {self.n_ranks}, {self.n_shards} × "
+                f"{self.mesh.devices.flat[0].platform})")
+
+    def place(self, tree: PyTree) -> PyTree:
+        """``tree`` (the same on every process) as arrays replicated over the job's mesh.
+
+        Each process gives its own copy (``make_array_from_process_local_data``): no collective,
+        where ``device_put`` would first compare every leaf across processes (``check_same`` has
+        already compared the initial state's digest)."""
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+
+        def one(leaf: Any) -> jax.Array:
+            if isinstance(leaf, jax.Array) and leaf.sharding == replicated:
+                return leaf
+            if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                return jax.random.wrap_key_data(one(jax.random.key_data(leaf)), impl=jax.random.key_impl(leaf))
+            local = np.asarray(leaf if isinstance(leaf, jax.Array | np.ndarray) else jnp.asarray(leaf))
+            return jax.make_array_from_process_local_data(replicated, local)
+
+        return jax.tree_util.tree_map(one, tree)
+
+    def any_traced(self, flag: jax.Array) -> jax.Array:
+        """Whether ``flag`` is set on any device, inside ``jit``: every device takes the same branch
+        around the next collective even if their copies of the state differ in the last bits."""
+        anywhere = _shard_map(lambda f: jax.lax.pmax(f, "population"), self.mesh, in_specs=(PartitionSpec(),),
+                              out_specs=PartitionSpec())
+        return anywhere(flag.astype(jnp.int32)) > 0
+
+    def _allgather(self, value: Any) -> list:
+        """Every process's ``value`` (pickled), through two ``process_allgather`` calls: the sizes,
+        then the bytes padded to a power of two (few shapes, so few compiled gathers)."""
+        from jax.experimental import multihost_utils
+
+        data = np.frombuffer(pickle.dumps(value), np.uint8)
+        sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).ravel()
+        padded = np.zeros(1 << max(6, int(sizes.max() - 1).bit_length()), np.uint8)
+        padded[:data.size] = data
+        everyone = np.asarray(multihost_utils.process_allgather(padded))
+        return [pickle.loads(everyone[r, :sizes[r]].tobytes()) for r in range(self.n_ranks)]
+
+
+Parallel = Devices | MPI | Distributed
+
+
+NAMES = ("auto", "none", "devices", "mpi", "distributed")
+ENGINE_VARIABLE = "L2LJAX_PARALLEL"
 
 
 def coordinator(parallel: Coordinator | str | None) -> Coordinator:
     """The coordinator of a run: ``parallel`` itself, a scheme by name (``"auto"``, ``"none"``,
-    ``"devices"``, ``"mpi"``), or ``SingleProcess()`` for ``None``."""
+    ``"devices"``, ``"mpi"``, ``"distributed"``), or ``SingleProcess()`` for ``None``."""
     if isinstance(parallel, str):
         parallel = by_name(parallel)
     if parallel is None:
         return SingleProcess()
     missing = [name for name in ("is_writer", "map_rows", "settle", "agree", "shard") if not hasattr(parallel, name)]
     if missing:
-        raise TypeError(f"parallel must be None, one of {NAMES} or an l2ljax.parallel scheme (Devices(), MPI()), "
-                        f"got {parallel!r}")
+        raise TypeError(f"parallel must be None, one of {NAMES} or an l2ljax.parallel scheme (Devices(), MPI(), "
+                        f"Distributed()), got {parallel!r}")
     return parallel
 
 
 def by_name(name: str) -> Parallel | None:
     """``"auto"``: :func:`auto`; ``"none"``: None; ``"devices"``: :class:`Devices`; ``"mpi"``: :class:`MPI`
-    (binding each rank to its local GPU first)."""
+    (binding each rank to its local GPU first); ``"distributed"``: :class:`Distributed`."""
     if name not in NAMES:
         raise ValueError(f"parallel={name!r}: valid names are {', '.join(NAMES)}")
     if name in ("auto", "mpi"):
         bind_local_gpu()  # before JAX touches a device: one GPU per rank of a node
-    return {"auto": auto, "none": lambda: None, "devices": Devices, "mpi": MPI}[name]()
+    return {"auto": auto, "none": lambda: None, "devices": Devices, "mpi": MPI, "distributed": Distributed}[name]()
 
 
-def auto() -> Parallel | None:
-    """``MPI`` if this process is one of several launched ranks, else ``Devices`` if this process
-    has several accelerators (never for CPU "devices": see ``CPU_DEVICES_WARNING``), else ``None``."""
-    if launched_ranks() > 1:
-        scheme = MPI()
-        if scheme.n_shards == 1:  # each process would run the whole job alone, into the same directory
-            raise RuntimeError(f"the launcher started {launched_ranks()} ranks but MPI sees 1: mpi4py was "
-                               "built against another MPI than the launcher's (or srun lacks --mpi=pmix / "
-                               "--mpi=pmi2); rebuild mpi4py and mpi4jax against the MPI you launch with")
-        return scheme
+def auto(environ: dict[str, str] | None = None) -> Parallel | None:
+    """The engine the launch asks for (the rule is in this module's docstring): ``$L2LJAX_PARALLEL``
+    if set; ``Distributed`` for a ``jax.distributed`` launch by hand; for several launched ranks,
+    ``MPI`` when mpi4jax imports, else ``Distributed``; else ``Devices`` over several accelerators
+    (never CPU "devices": see ``CPU_DEVICES_WARNING``); else ``None``."""
+    choice = auto_choice(environ)
+    if choice != "mpi":
+        return by_name(choice)
+    scheme = MPI()
+    if scheme.n_shards == 1:  # each process would run the whole job alone, into the same directory
+        raise RuntimeError(f"the launcher started {launched_ranks(environ)} ranks but MPI sees 1: mpi4py was "
+                           "built against another MPI than the launcher's (or srun lacks --mpi=pmix / "
+                           "--mpi=pmi2); rebuild mpi4py and mpi4jax against the MPI you launch with, or "
+                           f"set {ENGINE_VARIABLE}=distributed (no MPI needed)")
+    return scheme
+
+
+def auto_choice(environ: dict[str, str] | None = None) -> str:
+    """The name of the engine :func:`auto` picks (``"none"``: plain ``jit``)."""
+    environ = os.environ if environ is None else environ
+    asked = environ.get(ENGINE_VARIABLE, "")
+    if asked:
+        if asked not in NAMES or asked == "auto":
+            raise ValueError(f"{ENGINE_VARIABLE}={asked!r}: valid values are "
+                             f"{', '.join(n for n in NAMES if n != 'auto')}")
+        return asked
+    if environ.get("L2LJAX_NUM_PROCESSES", "").isdigit() and int(environ["L2LJAX_NUM_PROCESSES"]) > 1:
+        return "distributed"
+    if launched_ranks(environ) > 1:
+        return "mpi" if _importable("mpi4jax") else "distributed"
     if jax.local_device_count() > 1 and jax.local_devices()[0].platform != "cpu":
-        return Devices()
-    return None
+        return "devices"
+    return "none"
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` imports (mpi4jax can be installed yet built against another MPI)."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import simulators
+from helpers import linear_inverse_problem, max_difference
 
 import l2ljax
 from l2ljax import parallel
@@ -21,28 +22,6 @@ try:  # as many MPI scripts do: the worker pool's spawned workers re-import this
     from mpi4py import MPI  # noqa: F401
 except ImportError:
     pass
-
-
-def max_difference(a, b):
-    """Largest |a - b| / (1 + |b|) over finite entries; inf where the non-finite entries differ."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    finite = np.isfinite(a)
-    if a.shape != b.shape or not np.array_equal(finite, np.isfinite(b)) or not np.array_equal(a[~finite], b[~finite]):
-        return float("inf")
-    return float(np.max(np.abs(a[finite] - b[finite]) / (1 + np.abs(b[finite])), initial=0.0))
-
-
-def linear_inverse_problem(P=6, M=12):
-    rng = np.random.default_rng(0)
-    A = jnp.asarray(rng.normal(size=(M, P)), jnp.float32)
-    y = A @ jnp.asarray(rng.normal(size=P), jnp.float32)
-
-    def fn(u, key, inputs):
-        out = A @ u
-        return -jnp.mean(jnp.square(out - y)), out
-
-    return l2ljax.Optimizee.create(fn, jnp.zeros(P), weights=(1.0,), data=lambda g: (jnp.zeros(()), y),
-                                   sample=lambda k: jax.random.normal(k, (P,)))
 
 
 def main(mode: str, out: Path) -> None:

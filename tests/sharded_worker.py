@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from parallel_worker import max_difference
+from helpers import max_difference
 
 import l2ljax
 from l2ljax import kalman, parallel

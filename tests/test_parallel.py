@@ -3,20 +3,26 @@
 The multi-device and MPI runs happen in subprocesses (``parallel_worker.py``): CPU devices must be
 created before JAX starts, and MPI needs ``mpirun``. The MPI tests skip where mpi4jax or mpirun is
 missing, unless ``L2LJAX_REQUIRE_MPI=1`` (set by CI, which installs them) turns that into a failure.
+The ``jax.distributed`` tests (``distributed_worker.py``) start their processes themselves and need
+nothing but JAX (mpi4py and mpi4jax are made unimportable there): they never skip; only their
+``mpirun`` variant needs MPI, and is held to ``L2LJAX_REQUIRE_MPI`` like the others.
 """
 
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import max_difference
 
 import l2ljax
 from l2ljax import parallel
@@ -287,3 +293,184 @@ def test_a_sharded_run_resumes_on_another_number_of_ranks(tmp_path):
             report = json.loads((tmp_path / f"{stage}{rank}.json").read_text())
             assert report["generations"] == generations
             assert report["ensemble"] < 1e-4 and report["score"] < 1e-4, report
+
+
+# --------------------------------------------------------------------------- jax.distributed
+
+DISTRIBUTED_WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def finished(processes: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Every process's output once all ended; kills them all if one is still running at ``timeout``."""
+    deadline, outputs = time.monotonic() + timeout, []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+    except subprocess.TimeoutExpired:
+        for process in processes:
+            process.kill()
+        pytest.fail(f"a jax.distributed process hung: still running after {timeout:.0f} s")
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+    return outputs
+
+
+def distributed_reports(out: Path, n_processes: int, *flags: str) -> list[dict]:
+    """``distributed_worker.py`` as ``n_processes`` processes started here (no launcher, no MPI)."""
+    address = f"127.0.0.1:{free_port()}"
+    processes = [subprocess.Popen([sys.executable, str(DISTRIBUTED_WORKER), str(out), *flags],
+                                  env=subprocess_env(L2LJAX_COORDINATOR=address, L2LJAX_NUM_PROCESSES=str(n_processes),
+                                                     L2LJAX_PROCESS_ID=str(i)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(n_processes)]
+    finished(processes, timeout=400)
+    return [worker_report(out, rank) for rank in range(n_processes)]
+
+
+def worker_report(out: Path, rank: int) -> dict:
+    report = json.loads((out / f"rank{rank}.json").read_text())
+    with np.load(out / f"rank{rank}.npz") as arrays:
+        report["numbers"] = dict(arrays)
+    return report
+
+
+@pytest.fixture(scope="module")
+def one_process():
+    """The worker's runs in this process, without a parallel engine."""
+    from distributed_worker import Problems, numbers
+
+    problems = Problems()
+    return numbers(problems.evaluated(), problems.ce_run(), problems.enkf_run(), problems.host_run())
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    return distributed_reports(tmp_path_factory.mktemp("distributed2"), 2, "--ce", "--enkf", "--host")
+
+
+@pytest.fixture(scope="module")
+def three_processes(tmp_path_factory):
+    return distributed_reports(tmp_path_factory.mktemp("distributed3"), 3, "--ce", "--enkf")
+
+
+def check_numbers_of_one_process(report: dict, one: dict) -> None:
+    """Float32 rounding of other shapes only: noise keys drawn after the split would differ by the
+    noise (0.1), a wrong gather or padding by the scores themselves."""
+    split = report["numbers"]
+    assert max_difference(split["evaluated"], one["evaluated"]) < 1e-6
+    if "ce_score" in split:
+        assert max_difference(split["ce_score"], one["ce_score"]) < 5e-4
+        assert split["ce_best"] == pytest.approx(one["ce_best"], rel=1e-4)
+    if "enkf_ensemble" in split:
+        assert max_difference(split["enkf_ensemble"], one["enkf_ensemble"]) < 1e-4
+    if "host_score" in split:
+        np.testing.assert_array_equal(split["host_score"], one["host_score"])  # float64 numpy on the host
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_distributed_processes_give_the_numbers_of_one_process(n, one_process, request):
+    reports = request.getfixturevalue({2: "two_processes", 3: "three_processes"}[n])
+    assert [(r["processes"], r["shards"], r["reused"], r["auto"]) for r in reports] == [(n, n, True, "distributed")] * n
+    for report in reports:
+        assert "enkf_ensemble" in report["numbers"] and report["ce_generations"] == 10
+        check_numbers_of_one_process(report, one_process)
+
+
+def test_distributed_processes_score_only_their_rows_of_a_host_simulator(two_processes):
+    assert [r["host_rows_seen"][:3] for r in two_processes] == [[4] * 3, [3] * 3]
+    assert [r["stopped_after"] for r in two_processes] == [2, 2]  # rank 0's callback stops every process
+
+
+def test_only_distributed_rank_0_writes_the_run_directory(two_processes, three_processes):
+    for reports in (two_processes, three_processes):
+        assert [r["writer"] for r in reports] == [True] + [False] * (len(reports) - 1)
+        assert all(r["wrote"] == ["run0"] for r in reports)  # every rank named its own directory
+
+
+def test_an_error_on_one_distributed_process_is_raised_on_every_process(two_processes, three_processes):
+    for reports in (two_processes, three_processes):  # the writer refuses a directory holding a run
+        assert reports[0]["refused"].startswith("FileExistsError")
+        assert all(r["refused"].startswith("RuntimeError: rank 0 failed: FileExistsError") for r in reports[1:])
+    writer, last = two_processes  # the host simulator crashes on the last process
+    assert last["crashed"] == "ValueError: simulator crashed"
+    assert writer["crashed"] == "RuntimeError: rank 1 failed: ValueError: simulator crashed"
+
+
+def test_distributed_processes_called_with_other_keys_are_named(two_processes, three_processes):
+    for reports, named in ((two_processes, "key on rank(s) 1;"), (three_processes, "key on rank(s) 1, 2;")):
+        for report in reports:
+            assert f"called differently from rank 0: {named}" in report["other_key"]
+
+
+def test_distributed_under_mpirun_finds_its_coordinator_through_mpi4py(tmp_path, one_process):
+    launcher = require_mpi()
+    done = subprocess.run([launcher, "-n", "2", sys.executable, str(DISTRIBUTED_WORKER), str(tmp_path), "--mpirun"],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    reports = [worker_report(tmp_path, rank) for rank in range(2)]
+    assert [(r["rank"], r["writer"], r["auto"]) for r in reports] == [(0, True, "mpi"), (1, False, "mpi")]
+    for report in reports:
+        check_numbers_of_one_process(report, one_process)
+        assert "called differently from rank 0: key on rank(s) 1;" in report["other_key"]
+
+
+def test_distributed_launch_spec_from_the_launchers():
+    spec = parallel.launch_spec
+    assert spec(environ={"L2LJAX_COORDINATOR": "h:1", "L2LJAX_NUM_PROCESSES": "3", "L2LJAX_PROCESS_ID": "2"}) == (
+        "h:1", 3, 2, "L2LJAX_NUM_PROCESSES")
+    # Hydra's mpirun: process numbers from PMI_*, the address left to mpi4py (None) unless given
+    assert spec(environ={"PMI_RANK": "1", "PMI_SIZE": "4"}) == (None, 4, 1, "mpirun (Hydra/PMI)")
+    assert spec(environ={"PMI_RANK": "1", "PMI_SIZE": "4", "L2LJAX_COORDINATOR": "n1:9"}).coordinator_address == "n1:9"
+    assert spec(environ={"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"})[1:3] == (2, 0)
+    slurm = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_STEP_NODELIST": "gpu[003-004]",
+             "SLURM_JOB_ID": "4096", "SLURM_STEP_ID": "1"}
+    assert spec(environ=slurm) == ("gpu003:61441", 8, 5, "srun")  # the step's first node; a port of job and step
+    assert spec("c:7", 2, 1, environ={}) == ("c:7", 2, 1, "arguments")
+    with pytest.raises(RuntimeError, match="launched as one process.*L2LJAX_NUM_PROCESSES"):
+        spec(environ={})
+    with pytest.raises(RuntimeError, match="no coordinator address for 2 processes.*L2LJAX_COORDINATOR"):
+        spec(environ={"L2LJAX_NUM_PROCESSES": "2", "L2LJAX_PROCESS_ID": "0"})
+    with pytest.raises(RuntimeError, match="not this one's index.*L2LJAX_PROCESS_ID"):
+        spec(environ={"L2LJAX_NUM_PROCESSES": "2", "L2LJAX_COORDINATOR": "h:1"})
+
+
+def test_first_host_of_a_slurm_node_list():
+    assert parallel.first_host("node001") == "node001"
+    assert parallel.first_host("node001,host2") == "node001"
+    assert parallel.first_host("node[007,009-015],host2") == "node007"
+    assert parallel.first_host("gpu[03-04]-ib,x") == "gpu03-ib"
+
+
+def test_auto_chooses_the_engine_from_the_launch(monkeypatch):
+    choice = parallel.auto_choice
+    assert choice({"L2LJAX_PARALLEL": "distributed", "PMI_SIZE": "2"}) == "distributed"
+    assert choice({"L2LJAX_PARALLEL": "mpi"}) == "mpi"
+    assert choice({"L2LJAX_NUM_PROCESSES": "2"}) == "distributed"  # a jax.distributed launch by hand
+    monkeypatch.setattr(parallel, "_importable", lambda module: True)
+    assert choice({"SLURM_STEP_NUM_TASKS": "4"}) == "mpi"  # mpi4jax where the site has an MPI
+    monkeypatch.setattr(parallel, "_importable", lambda module: False)
+    assert choice({"SLURM_STEP_NUM_TASKS": "4"}) == "distributed"  # no mpi4jax: multi-controller JAX
+    with pytest.raises(ValueError, match="L2LJAX_PARALLEL='gloo': valid values are none, devices, mpi, distributed"):
+        choice({"L2LJAX_PARALLEL": "gloo"})
+
+
+def test_distributed_in_one_process_names_what_is_missing(monkeypatch):
+    for name in ("L2LJAX_NUM_PROCESSES", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match="launched as one process"):
+        parallel.Distributed()
+
+
+def test_distributed_after_jax_has_computed_says_to_create_it_first(monkeypatch):
+    jax.devices()  # the backend is up: joining a job now is refused at once, before any connection
+    monkeypatch.setenv("L2LJAX_COORDINATOR", "127.0.0.1:1")
+    monkeypatch.setenv("L2LJAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("L2LJAX_PROCESS_ID", "1")
+    with pytest.raises(RuntimeError, match=r"from L2LJAX_NUM_PROCESSES failed.*Create Distributed\(\) before JAX"):
+        parallel.Distributed()

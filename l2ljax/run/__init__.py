@@ -116,7 +116,7 @@ def run(
                     diagnostics), not every individual's fitness nor best_x: for large
                     populations of large individuals (e.g. EnKF on network weights).
     parallel:       split each generation's evaluation over devices (``l2ljax.parallel.Devices()``)
-                    or MPI ranks (``l2ljax.parallel.MPI()``; every rank calls ``run`` alike, rank 0
+                    or ranks (``l2ljax.parallel.MPI()`` or ``Distributed()``; every rank calls ``run`` alike, rank 0
                     writes ``directory`` and shows progress, all return the same result), or
                     ``l2ljax.parallel.auto()``. Same numbers as without, to float tolerance (for host
                     simulators that use their seed, see ``l2ljax.parallel``).
