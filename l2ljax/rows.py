@@ -105,10 +105,10 @@ class Rows:
         i = jnp.argmax(score)
         if self.engine is None:
             return score[i], x[i]
-        scores = self.engine.gather_over_shards(score[i])  # (n_shards,) every shard's best
-        candidates = self.engine.gather_over_shards(x[i])  # (n_shards, P): one row per shard
-        r = jnp.argmax(scores)
-        return scores[r], candidates[r]
+        # one collective per generation: every shard's best score and row together, (n_shards, 1 + P)
+        everyone = self.engine.gather_over_shards(jnp.concatenate([score[i][None].astype(x.dtype), x[i]]))
+        r = jnp.argmax(everyone[:, 0])
+        return everyone[r, 0].astype(score.dtype), everyone[r, 1:]
 
 
 def everything(total_rows: int) -> Rows:

@@ -166,8 +166,8 @@ def init_chains(space: Space, key: Array, x0: Array, n: int, rows: Rows | None =
         others = jax.vmap(space.sample)(jax.random.split(k_points, n - 1)).astype(x0.dtype)
         x = jnp.concatenate([x0[None], others])
     else:
-        keys = jnp.concatenate([jax.random.split(k_points, n - 1)[:1], jax.random.split(k_points, n - 1)])
-        keys = keys[rows.start:rows.start + rows.count]  # chain j > 0 draws from the (j−1)-th key
+        keys = jax.random.split(k_points, n - 1)
+        keys = jnp.concatenate([keys[:1], keys])[rows.start:rows.start + rows.count]  # chain j > 0: key j−1
         drawn = jax.vmap(space.sample)(keys).astype(x0.dtype)
         x = jnp.where((rows.indices() == 0)[:, None], x0[None], drawn)
     count = x.shape[0]
