@@ -36,7 +36,7 @@ from l2ljax.run import make_step
 
 TODAY = {"repetitions": 8, "mode": "sequential", "gamma": 0.01, "step": 1.0, "localizer": "none",
          "additive": 0.0, "additive_cov": "prior", "accelerator": "none", "scheduler": "fixed",
-         "process": "eki", "stochastic": 0}
+         "process": "eki", "stochastic": 0, "inflation": 1.0, "batch": 0}
 PRESETS = {
     "today": {},
     "rep1": {"repetitions": 1},
@@ -75,7 +75,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
 class Variant:
     def __init__(self, name: str, config: dict, data, args):
         self.name, self.config = name, config
-        problem = mnist_optimizee(data.train_images, data.train_labels, batch_size=args.batch,
+        problem = mnist_optimizee(data.train_images, data.train_labels, batch_size=config["batch"] or args.batch,
                                   repetitions=config["repetitions"], seed=args.seed)
         processes = {"eki": kalman.Inversion(), "etki": kalman.TransformInversion(),
                      "teki": kalman.TikhonovInversion(prior_std=0.1, prior_mean=0.0)}
@@ -86,7 +86,8 @@ class Variant:
             accelerator=ACCELERATORS[config["accelerator"]], localizer=LOCALIZERS[config["localizer"]],
             additive_cov=config["additive_cov"])
         params = self.opt.default_params.replace(gamma=config["gamma"], step_size=config["step"],
-                                                 additive_inflation=config["additive"])
+                                                 additive_inflation=config["additive"],
+                                                 inflation=config["inflation"])
         self.state = self.opt.init(jax.random.key(args.seed), params)
         self.step = jax.jit(make_step(self.opt, problem, keep_population=False, summary=True))
         self.run_key = jax.random.key(args.seed + 1)

@@ -458,6 +458,12 @@ class MPI(_Ranks, _Replicated):
 
         return mpi4jax.allgather(x, comm=self.comm)
 
+    def shift_over_shards(self, x: jax.Array, offset: int) -> jax.Array:
+        import mpi4jax
+
+        return mpi4jax.sendrecv(x, x, source=(self.rank - offset) % self.n_shards,
+                                dest=(self.rank + offset) % self.n_shards, comm=self.comm)
+
     # -- population-sized state
     def _rows(self, optimizer: Any) -> Any:
         from l2ljax.rows import Rows, split
@@ -545,11 +551,19 @@ class MPI(_Ranks, _Replicated):
 
 
 def _map_sharded(optimizer: Any, state: PyTree, fn: Callable[[Any], Any]) -> PyTree:
-    """``state`` with ``fn`` applied to the optimizer's population-sized fields of ``state.inner``."""
-    inner = state.inner
-    changes = {name: fn(getattr(inner, name)) for name in optimizer.sharded_fields
-               if getattr(inner, name) is not None}
-    return state.replace(inner=inner._replace(**changes))
+    """``state`` with ``fn`` applied to the optimizer's population-sized fields of ``state.inner``
+    (names; ``"chains.x"`` is field ``x`` of the named tuple in field ``chains``)."""
+    return state.replace(inner=_map_fields(state.inner, optimizer.sharded_fields, fn))
+
+
+def _map_fields(inner: Any, names: tuple[str, ...], fn: Callable[[Any], Any]) -> Any:
+    changes: dict[str, Any] = {}
+    for head in dict.fromkeys(name.partition(".")[0] for name in names):
+        value = getattr(inner, head)
+        nested = tuple(name.partition(".")[2] for name in names if name.startswith(head + "."))
+        if value is not None:
+            changes[head] = _map_fields(value, nested, fn) if nested else fn(value)
+    return inner._replace(**changes)
 
 
 _WORLD_CLONE: Any = None

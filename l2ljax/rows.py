@@ -10,7 +10,10 @@ Everything such an optimizer computes over members is then written against a :cl
 - ``rows.normal(key, width)`` and ``rows.keys(key)`` give each row the random numbers of its
   *global* index (``fold_in(key, row)``), so a run draws the same numbers however it is split;
 - ``rows.gather(x)`` collects small per-row arrays (fitness, J numbers) from every shard, in row
-  order, and ``rows.best(score, x)`` agrees on the best row of all shards.
+  order, and ``rows.best(score, x)`` agrees on the best row of all shards;
+- ``rows.take(x, source)`` gives each row the global row ``source`` names (states that move
+  between members: replica exchange), passing the shards' blocks around a ring so that no shard
+  ever holds more than two blocks.
 
 ``ALL`` rows (``whole``): one shard holds the whole population, every member is the identity and
 the code is the unsharded code. The row split is balanced (:func:`split`): shard r holds
@@ -36,6 +39,8 @@ class Engine(Protocol):
     def sum_over_shards(self, x: Array) -> Array: ...
 
     def gather_over_shards(self, x: Array) -> Array: ...  # (n_shards, *x.shape), equal shapes only
+
+    def shift_over_shards(self, x: Array, offset: int) -> Array: ...  # shard (r − offset) mod n's x, equal shapes
 
 
 def split(total_rows: int, n_shards: int, shard: int) -> tuple[int, int]:
@@ -69,6 +74,11 @@ class Rows:
     def n_shards(self) -> int:
         return 1 if self.engine is None else self.engine.n_shards
 
+    @property
+    def shard(self) -> int:
+        """This shard's index in the split."""
+        return next(r for r in range(self.n_shards) if split(self.total_rows, self.n_shards, r)[0] == self.start)
+
     def total(self, partial: Array) -> Array:
         """Sum of every shard's ``partial`` (a sum over its own rows)."""
         return partial if self.engine is None else self.engine.sum_over_shards(partial)
@@ -98,6 +108,28 @@ class Rows:
         everyone = self.engine.gather_over_shards(padded)
         return jnp.concatenate([everyone[r, :split(self.total_rows, self.n_shards, r)[1]]
                                 for r in range(self.n_shards)])
+
+    def take(self, x: Array, source: Array) -> Array:
+        """Row ``source[i]`` (a global index) of the whole population for each of this shard's rows i.
+
+        Sharded, every block travels once around a ring of shards (n − 1 shifts of ⌈J/n⌉ rows): the
+        bytes of an all-gather, the memory of two blocks. Meant for states that move between
+        members, not for reading the whole population."""
+        if self.engine is None:
+            return x[source]
+        n, per_shard = self.n_shards, -(-self.total_rows // self.n_shards)
+        block = jnp.concatenate([x, jnp.zeros((per_shard - self.count, *x.shape[1:]), x.dtype)])
+        out = jnp.zeros((self.count, *x.shape[1:]), x.dtype)
+        for offset in range(n):
+            owner = (self.shard - offset) % n
+            start, count = split(self.total_rows, n, owner)
+            local = source - start
+            here = (local >= 0) & (local < count)
+            picked = block[jnp.clip(local, 0, per_shard - 1)]
+            out = jnp.where(here.reshape(-1, *([1] * (x.ndim - 1))), picked, out)
+            if offset < n - 1:
+                block = self.engine.shift_over_shards(block, 1)
+        return out
 
     def best(self, score: Array, x: Array) -> tuple[Array, Array]:
         """``(score[i], x[i])`` of the best row over every shard: the first maximum in row order,

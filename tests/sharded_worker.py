@@ -1,4 +1,4 @@
-"""EnKF runs with the ensemble sharded over MPI ranks, judged against the same runs in one process.
+"""EnKF, SA and PT runs with their population sharded over MPI ranks, judged against one process.
 
     mpirun -n 3 python sharded_worker.py compare OUT      # OUT/rank<r>.json: differences per variant
     mpirun -n 2 python sharded_worker.py start DIR OUT    # 4 generations into DIR
@@ -98,7 +98,39 @@ def compare(scheme: parallel.MPI, out: Path) -> None:
             "rows_held": sorted(set(held)),
             "whole_after": int(split.state.inner.ensemble.shape[0]),
         }
+    report["chains"] = compare_chains(scheme)
     (out / f"rank{scheme.rank}.json").write_text(json.dumps(report))
+
+
+def compare_chains(scheme: parallel.MPI) -> dict:
+    """Simulated annealing and parallel tempering with J chains split over the ranks. The PT ladder is
+    shuffled, so neighbours in temperature sit on any rank and swapped states cross shards."""
+    problem = l2ljax.function_optimizee("rastrigin", dim=3)
+    ladder = np.geomspace(0.5, 20.0, J)[np.random.default_rng(2).permutation(J)]
+    chains = {
+        "SA": (l2ljax.SimulatedAnnealing(problem, n_parallel_runs=J), lambda state: state.inner),
+        "PT": (l2ljax.ParallelTempering(problem, n_parallel_runs=J,
+                                        temperature_bounds=np.stack([ladder, ladder / 10], 1)),
+               lambda state: state.inner.chains),
+    }
+    report = {}
+    for name, (opt, chains_of) in chains.items():
+        one = l2ljax.run(opt, problem, jax.random.key(4), 12)
+        held: list[int] = []
+
+        def note_rows(record, state, held=held, of=chains_of):
+            held.append(int(of(state).x.shape[0]))
+
+        split = l2ljax.run(opt, problem, jax.random.key(4), 12, parallel=scheme, chunk_size=3, callbacks=[note_rows])
+        report[name] = {"x": max_difference(chains_of(split.state).x, chains_of(one.state).x),
+                        "score": max_difference(split.trajectory["score"], one.trajectory["score"]),
+                        "best": max_difference(split.best_score, one.best_score),
+                        "rows_held": sorted(set(held)), "whole_after": int(chains_of(split.state).x.shape[0])}
+        if name == "PT":
+            report[name]["swap_rate"] = max_difference(split.trajectory["diag/swap_rate"],
+                                                       one.trajectory["diag/swap_rate"])
+            report[name]["swaps"] = float(np.sum(one.trajectory["diag/swap_rate"]))
+    return report
 
 
 def checkpointed(scheme: parallel.MPI, directory: Path, out: Path, generations: int, stage: str) -> None:

@@ -118,7 +118,8 @@ def test_existing_out_says_add_resume(empty_dir):
 
 
 @needs_mnist
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+# SIGTERM takes the same handler as SIGINT; its run is in the slow suite (-m slow)
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_ctrl_c_exits_130_and_says_how_to_continue(empty_dir, signum):
     process = subprocess.Popen([*l2ljax_command(), "mnist-enkf", "--iterations", "100000", *TINY, "--out", "run",
                                 "--eval-every", "1"], cwd=empty_dir, env=user_env(empty_dir / "home"),

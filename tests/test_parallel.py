@@ -270,18 +270,23 @@ def _sharded(tmp_path, n, *args, timeout=300):
 def test_a_sharded_ensemble_gives_the_numbers_of_one_process_on_3_ranks(tmp_path):
     """31 members over 3 ranks (11, 10, 10): every sharded code path of the EnKF update (stochastic
     perturbations, additive inflation, misfit controller, Nesterov, SECNice localization, failed
-    members resampled, the LOD sequential composition) against the same run unsharded."""
+    members resampled, the LOD sequential composition), and SA and PT chains (swaps across shards),
+    against the same runs unsharded."""
     _sharded(tmp_path, 3, "compare", str(tmp_path))
     for rank in range(3):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
         for name, got in report.items():
-            if not isinstance(got, dict):
+            if not isinstance(got, dict) or name == "chains":
                 continue
             for field in ("ensemble", "score", "misfit", "spread"):
                 assert got[field] < 1e-4, (rank, name, field, got[field])
             assert got["rows_held"] == [11 if rank == 0 else 10], (rank, name)  # only its rows, all along
             assert got["whole_after"] == 31
         assert report["failing members+SECNice"]["n_failed_first"] > 0  # the resampling path ran
+        for name, got in report["chains"].items():  # SA and PT chains
+            assert max(got["x"], got["score"], got["best"], got.get("swap_rate", 0.0)) < 1e-5, (rank, name, got)
+            assert got["rows_held"] == [11 if rank == 0 else 10] and got["whole_after"] == 31, (rank, name, got)
+        assert report["chains"]["PT"]["swaps"] > 1  # states did move between chains
 
 
 def test_a_sharded_run_resumes_on_another_number_of_ranks(tmp_path):

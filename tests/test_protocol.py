@@ -117,7 +117,11 @@ def test_vmap_over_params_is_run_setting_by_setting(name):
     for i, params in enumerate(settings):
         single = jax.jit(generations)(params)
         for a, b in zip(float_leaves(batched), float_leaves(single), strict=True):
-            np.testing.assert_allclose(a[i], b, rtol=2e-4, atol=1e-5)
+            # float32 rounding differs between the batched and the single program; relative to the
+            # leaf's scale (entries near zero of an O(1) ensemble carry its absolute error). The
+            # two settings differ by 10 %, so a mixed-up setting fails by far.
+            scale = float(np.max(np.abs(np.asarray(b)), initial=0.0, where=np.isfinite(np.asarray(b))))
+            np.testing.assert_allclose(a[i], b, rtol=2e-4, atol=max(1e-5, 2e-5 * scale))
 
 
 @pytest.mark.parametrize("name", NAMES)

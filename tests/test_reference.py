@@ -3,9 +3,9 @@
 ``tests/reference/trajectories.npz`` was recorded by ``tests/reference/make_reference.py``
 before the run layer's refactor (issue #8). Every trajectory field and every leaf of the final
 state must be identical; state leaves and diagnostics may be added (a new hyperparameter, a new
-strategy's figures), none may vanish. Bit for bit where this CPU has the vector instruction set
-the case was recorded on; elsewhere XLA:CPU rounds differently, and runs must agree to float32
-rounding (the rtol below, a few ulps grown over 5 generations).
+strategy's figures), none may vanish. Bit for bit where this CPU has the vector features and
+jaxlib the case was recorded with; elsewhere XLA:CPU rounds differently, and runs must agree to
+float32 rounding (the rtol below, a few ulps grown over 5 generations).
 """
 
 import sys

@@ -61,6 +61,7 @@ from l2ljax.optimizers._annealing import (
     schedule_problem,
     temperature,
 )
+from l2ljax.rows import Rows, everything
 
 Array = jax.Array
 
@@ -92,19 +93,28 @@ class Exchange(NamedTuple):
     swapped: Array
 
 
-def replica_exchange(key: Array, x: Array, score: Array, temperatures: Array, parity: Array | int) -> Exchange:
-    """Swap the states of neighbouring chains in temperature order (pairs starting at ``parity``)."""
-    n = score.shape[0]
+def replica_exchange(key: Array, x: Array, score: Array, temperatures: Array, parity: Array | int,
+                     rows: Rows | None = None) -> Exchange:
+    """Swap the states of neighbouring chains in temperature order (pairs starting at ``parity``).
+
+    ``rows``: ``x`` and ``score`` are a shard's chains (:mod:`l2ljax.rows`). Every shard decides the
+    same swaps from all n scores (n numbers, gathered) and fetches the states its chains receive."""
+    sharded = rows is not None and not rows.whole
+    every_score = rows.gather(score) if sharded else score
+    n = every_score.shape[0]
     order = jnp.argsort(temperatures)  # position -> chain, coldest first (stable for ties)
     cold, hot = order[:-1], order[1:]
-    probability = swap_probability(score[cold], score[hot], temperatures[cold], temperatures[hot])
+    probability = swap_probability(every_score[cold], every_score[hot], temperatures[cold], temperatures[hot])
     attempted = jnp.arange(n - 1) % 2 == jnp.asarray(parity) % 2
     swapped = attempted & (jax.random.uniform(key, (n - 1,)) < probability)
     position = jnp.arange(n)
     take_from = jnp.where(jnp.append(swapped, False), position + 1, position)  # lower member of a pair
     take_from = jnp.where(jnp.concatenate([jnp.zeros(1, bool), swapped]), position - 1, take_from)
     source = order[take_from[jnp.argsort(order)]]
-    return Exchange(x[source], score[source], source, probability, attempted, swapped)
+    if not sharded:
+        return Exchange(x[source], score[source], source, probability, attempted, swapped)
+    mine = source[rows.start:rows.start + rows.count]
+    return Exchange(rows.take(x, mine), every_score[mine], source, probability, attempted, swapped)
 
 
 @struct.dataclass
@@ -127,14 +137,19 @@ class ParallelTemperingState(NamedTuple):
 class ParallelTempering(Optimizer):
     name = "ParallelTempering"
     Params = ParallelTemperingParams
+    sharded_fields = ("chains.x", "chains.score")  # a shard keeps its chains' states (parallel.MPI())
 
     def __init__(self, space: Space | Optimizee, n_parallel_runs: int = 8, cooling_schedules: Any = "default",
                  temperature_bounds: Any = None, decay_parameters: Any = 0.99, noisy_step: float = 0.03,
-                 n_iteration: int | None = None):
+                 n_iteration: int | None = None, rows: Rows | None = None):
         n = check_positive_int(n_parallel_runs, "n_parallel_runs")
         if n < 2:
             raise ValueError(f"n_parallel_runs must be at least 2 for parallel tempering (swaps need a pair), got {n}")
         super().__init__(space, n)
+        if rows is not None and (rows.total_rows != n or rows.count < 1):
+            raise ValueError(f"rows {rows.start}..{rows.start + rows.count} of {rows.total_rows} do not shard "
+                             f"{n} chains")
+        self.rows = None if rows is None or rows.whole else rows
         self.n_parallel_runs = n
         if isinstance(cooling_schedules, str) or not isinstance(cooling_schedules, Sequence | np.ndarray):
             cooling_schedules = [cooling_schedules] * n
@@ -197,22 +212,29 @@ class ParallelTempering(Optimizer):
             out = t if out is None else jnp.where(mask, t, out)
         return out
 
+    @property
+    def _rows(self) -> Rows:
+        return everything(self.pop_size) if self.rows is None else self.rows
+
     def _init(self, key: Array, x0: Array, params: ParallelTemperingParams) -> ParallelTemperingState:
         n = self.n_parallel_runs
-        return ParallelTemperingState(init_chains(self.space, key, x0, n), jnp.array(0.0, x0.dtype),
+        return ParallelTemperingState(init_chains(self.space, key, x0, n, self.rows), jnp.array(0.0, x0.dtype),
                                       jnp.arange(n, dtype=jnp.int32))
 
     def _ask(self, key: Array, inner: ParallelTemperingState, params: ParallelTemperingParams) -> Array:
-        chains = inner.chains
-        return propose(key, chains.x, params.noisy_step, self.temperatures(params, chains.step))
+        chains, rows = inner.chains, self._rows
+        temps = self.temperatures(params, chains.step)[..., rows.start:rows.start + rows.count]
+        return propose(key, chains.x, params.noisy_step, temps, rows)
 
     def _tell(self, inner: ParallelTemperingState, population: Array, evaluation: Evaluation,
               params: ParallelTemperingParams) -> ParallelTemperingState:
         step = inner.chains.step
         temps = self.temperatures(params, step + 1)
-        chains = metropolis(inner.chains, population, evaluation.score, temps)
+        rows = self._rows
+        chains = metropolis(inner.chains, population, evaluation.score, temps[..., rows.start:rows.start + rows.count],
+                            self.rows)
         key, k_swap = jax.random.split(chains.key)
-        ex = replica_exchange(k_swap, chains.x, chains.score, temps, step % 2)
+        ex = replica_exchange(k_swap, chains.x, chains.score, temps, step % 2, self.rows)
         swap_rate = jnp.sum(ex.swapped) / jnp.maximum(jnp.sum(ex.attempted), 1)
         return ParallelTemperingState(chains._replace(x=ex.x, score=ex.score, key=key),
                                       swap_rate.astype(population.dtype), ex.source.astype(jnp.int32))

@@ -3,12 +3,13 @@
 Run from the repository root (``PYTHONPATH=. python tests/reference/make_reference.py``) only to
 record numbers on purpose (``... make_reference.py EnKF-stochastic`` re-records one case);
 ``tests/test_reference.py`` then requires bit-identical runs on a CPU with the recording
-machine's vector instruction set (XLA:CPU's code, hence its rounding, depends on it), and agreement
-to float32 rounding elsewhere. The file was recorded before the run layer's refactor (issue #8);
+machine's vector features and jaxlib (XLA:CPU's code, hence its rounding, depends on them), and
+agreement to float32 rounding elsewhere. The file was recorded before the run layer's refactor (issue #8);
 a later change of numbers must be a documented change. Re-recorded since: EnKF-stochastic (each
 member's perturbations drawn from its own row key, so that a sharded ensemble draws the same
 numbers; issue #14), SA and SA-linear_additive (each chain's proposal noise from its own row key,
-so that chains split over ranks draw the same numbers; issue #14).
+so that chains split over ranks draw the same numbers; issue #14), PT (likewise, and chains
+split over ranks; issue #14).
 """
 
 import sys
@@ -24,16 +25,21 @@ import l2ljax  # noqa: E402
 
 GENERATIONS = 5
 PATH = Path(__file__).with_name("trajectories.npz")
-RECORDED_ON = "avx512"  # the vector ISA of the machine that recorded the file (the first cases)
+RECORDED_ON = "avx512"  # the machine that recorded the first cases (before full fingerprints were kept)
 
 
 def vector_isa() -> str:
-    """'avx512', 'avx2' or 'other': what XLA:CPU generates code for on this machine."""
+    """The CPU's vector features and the jaxlib version: what XLA:CPU's code, hence its rounding,
+    depends on. Two AVX-512 machines of different models already round differently (seen
+    2026-12-02), so the whole feature list is kept, not just the widest ISA."""
+    import jaxlib
+
     try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "other"
-    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = ""
+    vector = sorted(f for f in flags.split() if f.startswith(("avx", "fma", "f16c", "amx", "sse4")))
+    return f"{','.join(vector) or 'other'}|jaxlib {jaxlib.__version__}"
 
 
 def record(case: str, problem_name: str) -> dict[str, np.ndarray]:
