@@ -493,7 +493,7 @@ class MPI(_Ranks, _Replicated):
         if not self._shards(optimizer):
             return state
         rows = self._rows(optimizer)
-        return _map_sharded(optimizer, state, lambda x: x[rows.start:rows.start + rows.count])
+        return _map_sharded(optimizer, state, rows.own)
 
     def whole_state(self, optimizer: Any, state: PyTree, *, everywhere: bool = False) -> PyTree:
         """Every rank's rows joined into the whole state: on rank 0 (the writer; the others keep

@@ -87,10 +87,13 @@ class Rows:
         """The global indices of this shard's rows."""
         return self.start + jnp.arange(self.count)
 
+    def own(self, x: Any) -> Any:
+        """This shard's rows of ``x``, an array over the whole population (leading axis total_rows)."""
+        return x if self.whole else x[self.start:self.start + self.count]
+
     def keys(self, key: Array) -> Array:
         """This shard's rows of ``jax.random.split(key, total_rows)`` (keys are small: split all)."""
-        keys = jax.random.split(key, self.total_rows)
-        return keys if self.whole else keys[self.start:self.start + self.count]
+        return self.own(jax.random.split(key, self.total_rows))
 
     def normal(self, key: Array, width: int, dtype: Any = jnp.float32) -> Array:
         """(count, width) standard normals, row j drawn from ``fold_in(key, j)`` for its global j."""

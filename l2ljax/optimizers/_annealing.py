@@ -167,7 +167,7 @@ def init_chains(space: Space, key: Array, x0: Array, n: int, rows: Rows | None =
         x = jnp.concatenate([x0[None], others])
     else:
         keys = jax.random.split(k_points, n - 1)
-        keys = jnp.concatenate([keys[:1], keys])[rows.start:rows.start + rows.count]  # chain j > 0: key j−1
+        keys = rows.own(jnp.concatenate([keys[:1], keys]))  # chain j > 0: key j−1
         drawn = jax.vmap(space.sample)(keys).astype(x0.dtype)
         x = jnp.where((rows.indices() == 0)[:, None], x0[None], drawn)
     count = x.shape[0]
@@ -195,7 +195,7 @@ def metropolis(chains: AnnealingState, proposals: Array, proposal_score: Array, 
     if rows is None:
         u = jax.random.uniform(k_accept, chains.score.shape)
     else:  # (n,) uniforms are small: draw the whole set's, keep this shard's
-        u = jax.random.uniform(k_accept, (rows.total_rows,))[rows.start:rows.start + rows.count]
+        u = rows.own(jax.random.uniform(k_accept, (rows.total_rows,)))
     finite = jnp.isfinite(proposal_score)
     gain = jnp.where(finite, proposal_score - chains.score, -jnp.inf)  # +inf when the chain has no score yet
     accept = finite & ((gain >= 0) | (u < jnp.exp(jnp.minimum(gain / temperatures, 0.0))))

@@ -113,7 +113,7 @@ def replica_exchange(key: Array, x: Array, score: Array, temperatures: Array, pa
     source = order[take_from[jnp.argsort(order)]]
     if not sharded:
         return Exchange(x[source], score[source], source, probability, attempted, swapped)
-    mine = source[rows.start:rows.start + rows.count]
+    mine = rows.own(source)
     return Exchange(rows.take(x, mine), every_score[mine], source, probability, attempted, swapped)
 
 
@@ -222,17 +222,15 @@ class ParallelTempering(Optimizer):
                                       jnp.arange(n, dtype=jnp.int32))
 
     def _ask(self, key: Array, inner: ParallelTemperingState, params: ParallelTemperingParams) -> Array:
-        chains, rows = inner.chains, self._rows
-        temps = self.temperatures(params, chains.step)[..., rows.start:rows.start + rows.count]
-        return propose(key, chains.x, params.noisy_step, temps, rows)
+        chains = inner.chains
+        temps = self._rows.own(self.temperatures(params, chains.step))
+        return propose(key, chains.x, params.noisy_step, temps, self._rows)
 
     def _tell(self, inner: ParallelTemperingState, population: Array, evaluation: Evaluation,
               params: ParallelTemperingParams) -> ParallelTemperingState:
         step = inner.chains.step
         temps = self.temperatures(params, step + 1)
-        rows = self._rows
-        chains = metropolis(inner.chains, population, evaluation.score, temps[..., rows.start:rows.start + rows.count],
-                            self.rows)
+        chains = metropolis(inner.chains, population, evaluation.score, self._rows.own(temps), self.rows)
         key, k_swap = jax.random.split(chains.key)
         ex = replica_exchange(k_swap, chains.x, chains.score, temps, step % 2, self.rows)
         swap_rate = jnp.sum(ex.swapped) / jnp.maximum(jnp.sum(ex.attempted), 1)
