@@ -9,7 +9,11 @@ iteration (median after the first, which compiles), and each process's peak resi
 - ``replicated``: 2 MPI ranks, every rank holds the whole ensemble and runs the whole update, the
   evaluation split (``MPI(shard_state=False)``, the scheme before issue #14);
 - ``sharded``: 2 MPI ranks, each holds J/2 members and its part of the update (``MPI()``);
-- ``weak``: 2 ranks sharded at 2J members (the same members per rank as ``one``).
+- ``weak``: 2 ranks sharded at 2J members (the same members per rank as ``one``);
+- ``dist_replicated`` / ``dist_sharded``: the same two schemes with 2 ``jax.distributed``
+  processes (``parallel.Distributed(shard_state=False)`` / ``Distributed()``: the ensemble a
+  row-sharded global array, the chunk one ``shard_map``), launched by mpirun (the coordinator's
+  address comes through mpi4py; no MPI in the computation).
 
 An ES run on Rastrigin-100 (pop 4096; small replicated state, evaluation split) gives the
 population optimizer's strong scaling. Each variant runs in its own process(es); ``--variant``
@@ -42,6 +46,8 @@ def measure(variant: str, members: int, generations: int) -> dict:
     scheme = None
     if variant in ("replicated", "sharded", "weak", "es_mpi"):
         scheme = parallel.MPI(shard_state=variant != "replicated")
+    if variant.startswith("dist_"):
+        scheme = parallel.Distributed(shard_state=variant == "dist_sharded")
     if variant.startswith("es"):
         problem = l2ljax.function_optimizee("rastrigin", dim=100)
         opt = l2ljax.EvolutionStrategies(problem, pop_size=4096)
@@ -79,16 +85,17 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=2000)
     parser.add_argument("--generations", type=int, default=6)
     parser.add_argument("--variant")
+    parser.add_argument("--variants", nargs="+", default=["one", "replicated", "sharded", "weak", "dist_replicated",
+                                                          "dist_sharded", "es_one", "es_mpi"])
     parser.add_argument("--output", default=str(HERE / "results_sharded_enkf.json"))
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(measure(args.variant, args.members, args.generations)), flush=True)
         return
-    import jax
+    from common import machine_info
 
-    results = {"machine": "2-core AMD EPYC VM (AVX2), 24 GiB, no GPU", "jax": jax.__version__,
-               "load_average_before": os.getloadavg(), "members": args.members, "variants": {}}
-    for variant in ("one", "replicated", "sharded", "weak", "es_one", "es_mpi"):
+    results = {**machine_info(), "load_average_before": os.getloadavg(), "members": args.members, "variants": {}}
+    for variant in args.variants:
         results["variants"][variant] = launch(variant, args.members, args.generations)
         print(variant, results["variants"][variant], flush=True)
     results["load_average_after"] = os.getloadavg()

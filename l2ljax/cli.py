@@ -148,6 +148,8 @@ def check_mnist_args(args: argparse.Namespace) -> None:
         args.repetitions = 8 if args.full else 1
     if args.additive_inflation is None:
         args.additive_inflation = 0.0 if args.full else 0.02
+    if args.average_decay is None:
+        args.average_decay = 0.0 if args.full else 0.9
     for name in ("iterations", "batch", "repetitions", "eval_every"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -159,6 +161,8 @@ def check_mnist_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     if not 0 <= args.additive_inflation < 1:
         raise UsageError(f"--additive-inflation must be in [0, 1), got {args.additive_inflation}")
+    if not 0 <= args.average_decay < 1:
+        raise UsageError(f"--average-decay must be in [0, 1) (0: test the latest mean), got {args.average_decay}")
     for name in ("train_subset", "test_subset"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (0: all), got {getattr(args, name)}")
@@ -255,7 +259,7 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     opt = EnsembleKalmanFilter(problem, pop_size=args.members, sequential=args.mode == "sequential",
                                outputs_per_sample=10, stochastic=args.stochastic, **enkf_strategies(args))
     params = opt.default_params.replace(gamma=args.gamma, step_size=args.step_size, inflation=args.inflation,
-                                        additive_inflation=args.additive_inflation)
+                                        additive_inflation=args.additive_inflation, average_decay=args.average_decay)
     ensemble, _ = build_model(args.model)
     curve_path = out / "test_accuracy.csv"
     curve = read_accuracy_csv(curve_path) if args.resume else []
@@ -266,6 +270,7 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     title = (f"EnKF, LOD CNN, J={args.members}, batch {args.batch}, gamma={args.gamma}, "
              f"{args.repetitions} reps, {args.mode}, {strategy_label(args)}")
 
+    tested = "averaged ensemble mean" if args.average_decay else "ensemble mean"
     mine = opt if scheme is None else scheme.shard(opt)  # what a rank's callbacks see: its rows of the ensemble
 
     def test_row(iteration: int, mean) -> None:
@@ -274,14 +279,14 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
         curve.sort(key=lambda row: row[0])
         _write_csv(curve_path, ["iteration", "test_accuracy", "seconds"], curve)
         plot_test_error(curve, out / "test_error.png", title)
-        print(f"\n  iteration {iteration}: test accuracy of the ensemble mean {100 * acc:.2f} % "
+        print(f"\n  iteration {iteration}: test accuracy of the {tested} {100 * acc:.2f} % "
               f"({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
 
     def evaluate(record: dict, state) -> None:
         iteration = int(record["generation"]) + 1
         at_save = iteration % args.eval_every == 0 or iteration == args.iterations  # saves come every eval_every
         if at_save and iteration == int(state.generation):
-            mean = mine.mean_flat(state)  # on a sharded ensemble, an all-reduce of every rank
+            mean = mine.averaged_mean_flat(state)  # on a sharded ensemble, an all-reduce of every rank
             if writer:
                 test_row(iteration, mean)
 
@@ -294,7 +299,7 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
         # A kill between the checkpoint and the test of that iteration would lose its row for good: test it now.
         saved, _, saved_generation = traj.load_checkpoint(out, opt.init(jax.random.key(args.seed), params))
         if saved_generation > 0 and saved_generation not in [row[0] for row in curve]:
-            test_row(saved_generation, opt.mean_flat(saved))
+            test_row(saved_generation, opt.averaged_mean_flat(saved))
 
     if writer:
         print(f"EnKF on MNIST: {title}; {problem.space.dim} parameters; {args.iterations} iterations; "
@@ -316,7 +321,7 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
         pass
     summary = {"final_test_accuracy": curve[-1][1] if curve else float("nan"), "iterations": result.generations,
                "seconds": seconds, "members": args.members, "mode": args.mode}
-    print(f"final test accuracy of the ensemble mean: {100 * summary['final_test_accuracy']:.2f} % after "
+    print(f"final test accuracy of the {tested}: {100 * summary['final_test_accuracy']:.2f} % after "
           f"{result.generations} iterations in {seconds:.1f} s "
           f"(curve: {curve_path}, plot: {out / 'test_error.png'}, trajectory: {out / 'trajectory'})")
     return summary
@@ -358,6 +363,8 @@ def strategy_label(args: argparse.Namespace) -> str:
         parts.append(f"inflation {args.inflation:g}")
     if args.step_size != 1:
         parts.append(f"h={args.step_size:g}")
+    if args.average_decay:
+        parts.append(f"tested: EMA {args.average_decay:g} of the mean")
     return " + ".join(parts)
 
 
@@ -467,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     enkf.add_argument("--additive-cov", choices=["prior", "ensemble"], default="ensemble",
                       help="Sigma of the additive inflation: initial or current per-weight variance")
     enkf.add_argument("--inflation", type=float, default=1.0, help="multiplicative inflation of the anomalies, > 0")
+    enkf.add_argument("--average-decay", type=float, default=None,
+                      help="beta in [0, 1): test the exponential moving average of the ensemble means of all "
+                           "updates (iterate averaging; it does not steer the ensemble; 0: the latest mean) "
+                           "(default 0.9; --full: 0)")
     enkf.add_argument("--model", choices=["lod_cnn", "mlp"], default="lod_cnn", help="network trained")
     enkf.add_argument("--precision", choices=["default", "highest", "bfloat16"], default="default",
                       help="precision of the ensemble forward pass (the update is always float32)")

@@ -423,7 +423,7 @@ class Optimizee:
         if self.noise_std > 0:
             shape = (rows.total_rows if sharded else n, fitness.shape[1])
             noise = self.noise_std * jax.random.normal(k_noise, shape, fitness.dtype)  # (J, objectives): drawn whole
-            fitness = fitness + (noise[rows.start:rows.start + n] if sharded else noise)
+            fitness = fitness + (rows.own(noise) if sharded else noise)
         return make_evaluation(fitness, self.weights, outputs, targets)
 
     def evaluate_host(self, key: Array, population: Array, generation: int = 0, parallel: Any = None
@@ -532,6 +532,12 @@ class Optimizer(Frozen):
     # a sharding coordinator then gives them ``rows`` (l2ljax.rows) and keeps only those rows.
     sharded_fields: tuple[str, ...] = ()
     rows: Any = None
+
+    @property
+    def shardable(self) -> bool:
+        """Whether this configuration can run on a shard's rows (``sharded_fields`` and no
+        strategy that needs every member in one place)."""
+        return bool(self.sharded_fields)
 
     def __init__(self, space: Space | Optimizee, pop_size: int):
         self.space = space.space if isinstance(space, Optimizee) else space

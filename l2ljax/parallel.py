@@ -1,11 +1,16 @@
 """Spreading the inner loop over devices and processes.
 
-The optimizer's state is small next to the cost of scoring a population, so every device and
-every process keeps the whole state (same key, same program, same numbers) and only the
-population's *evaluation* is split: each shard scores its rows, and the rows are gathered back
-before ``tell``. Per-individual keys are drawn for the whole population before it is split, so a
-parallel run gives the same numbers as a run on one device (to floating-point tolerance: XLA
-may round a shard's batched products differently). Host simulators get the same seed on every rank
+Small optimizer state (CE, CMA-ES, ES, NES distributions) is kept whole by every device and
+every process (same key, same program, same numbers) and only the population's *evaluation* is
+split: each shard scores its rows, and the rows are gathered back before ``tell``. State that *is*
+the population (``Optimizer.sharded_fields``: the EnKF ensemble, SA and PT chains, GA offspring)
+is split by rows instead: under ``MPI()`` each rank keeps its rows (:mod:`l2ljax.rows`), under
+``Devices()`` and ``Distributed()`` each device does, when the device count divides the
+population (:class:`_MeshSharded`); ``shard_state=False`` keeps it whole.
+
+Per-individual keys are drawn for the whole population before it is split, so a parallel run
+gives the same numbers as a run on one device (to floating-point tolerance: XLA may round a
+shard's batched products differently). Host simulators get the same seed on every rank
 and the index of their first row (``fn(population, seed, first_row)``, the contract of
 :class:`l2ljax.Optimizee`), so ``worker_pool_optimizee`` derives per-row seeds that do not depend
 on the split; a two-argument ``fn(population, seed)`` gets a seed of its own per rank.
@@ -254,13 +259,143 @@ class SingleProcess(_Replicated):
         return stop
 
 
-class Devices(SingleProcess):
+class _MeshEngine:
+    """The collectives of :class:`l2ljax.rows.Rows` inside one ``shard_map`` over a mesh axis."""
+
+    def __init__(self, axis: str, n_shards: int):
+        self.axis, self.n_shards = axis, n_shards
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _MeshEngine) and (self.axis, self.n_shards) == (other.axis, other.n_shards)
+
+    def __hash__(self) -> int:
+        return hash(("_MeshEngine", self.axis, self.n_shards))
+
+    def sum_over_shards(self, x: jax.Array) -> jax.Array:
+        return jax.lax.psum(x, self.axis)
+
+    def gather_over_shards(self, x: jax.Array) -> jax.Array:
+        return jax.lax.all_gather(x, self.axis)
+
+    def shift_over_shards(self, x: jax.Array, offset: int) -> jax.Array:
+        n = self.n_shards
+        return jax.lax.ppermute(x, self.axis, [(r, (r + offset) % n) for r in range(n)])
+
+    def shard_index(self) -> jax.Array:
+        return jax.lax.axis_index(self.axis)
+
+
+class _MeshSharded:
+    """Population-sized state split by rows over a mesh's devices (``Devices``, ``Distributed``).
+
+    Between chunks such a field is one global ``jax.Array`` sharded by rows (each device holds
+    J / devices of them; callbacks compute with it as with the whole array, and XLA moves what
+    they need). Inside the compiled chunk, the whole scan of generations runs as one
+    ``shard_map``: each device runs the optimizer on its rows (``Rows(traced=True)``, collectives
+    ``psum``/``all_gather``/``ppermute`` over the mesh axis), as each MPI rank does under
+    ``MPI()``. Equal shards only: a population the device count does not divide stays whole
+    (replicated, as with ``shard_state=False``), since a row-sharded array must split evenly.
+    """
+
+    mesh: Mesh
+    n_shards: int
+    shard_state: bool
+
+    def _shards(self, optimizer: Any) -> bool:
+        return (self.shard_state and self.n_shards > 1 and getattr(optimizer, "shardable", False)
+                and getattr(optimizer, "rows", None) is None and optimizer.pop_size % self.n_shards == 0)
+
+    @property
+    def _row_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec("population"))
+
+    def program_optimizer(self, optimizer: Any) -> Any:
+        """The optimizer each device runs inside the compiled chunk: its rows, traced."""
+        if not self._shards(optimizer):
+            return optimizer
+        from l2ljax.rows import Rows
+
+        return optimizer.replace(rows=Rows(optimizer.pop_size, engine=_MeshEngine("population", self.n_shards),
+                                           traced=True))
+
+    def wrap_chunk(self, optimizer: Any, chunk: Callable) -> Callable:
+        """``chunk(state, run_key, threshold, n_steps, length)`` as one ``shard_map`` over the mesh:
+        the population-sized fields split by rows, everything else (and every record) replicated."""
+        if not self._shards(optimizer):
+            return chunk
+
+        def sharded(state: PyTree, run_key: jax.Array, threshold: jax.Array, n_steps: jax.Array, length: int):
+            replicated = jax.tree_util.tree_map(lambda _: PartitionSpec(), state)
+            spec = _map_sharded(optimizer, replicated, lambda _: PartitionSpec("population"))
+            per_device = _shard_map(lambda s, k, t, n: chunk(s, k, t, n, length), self.mesh,
+                                    in_specs=(spec, PartitionSpec(), PartitionSpec(), PartitionSpec()),
+                                    out_specs=(spec, PartitionSpec(), PartitionSpec()))
+            return per_device(state, run_key, threshold, n_steps)
+
+        return sharded
+
+    def any_within(self, flag: jax.Array) -> jax.Array:
+        """``any_traced`` inside the sharded chunk (already within the ``shard_map``)."""
+        return jax.lax.pmax(flag.astype(jnp.int32), "population") > 0
+
+    def without_state_sharding(self) -> Any:
+        """This scheme with the state kept whole (for optimizees evaluated on the host)."""
+        if not self.shard_state:
+            return self
+        import copy
+
+        plain = copy.copy(self)
+        plain.shard_state = False
+        return plain
+
+    def own_rows(self, optimizer: Any, state: PyTree) -> PyTree:
+        """A whole state with its population-sized fields as row-sharded global arrays (each
+        process builds only the blocks of its own devices)."""
+        if not self._shards(optimizer):
+            return state
+        sharding = self._row_sharding
+
+        def split(x: Any) -> jax.Array:
+            if isinstance(x, jax.Array) and x.sharding == sharding:
+                return x
+            whole = np.asarray(x)
+            return jax.make_array_from_callback(whole.shape, sharding, lambda index: whole[index])
+
+        return _map_sharded(optimizer, state, split)
+
+    def whole_state(self, optimizer: Any, state: PyTree, *, everywhere: bool = False) -> PyTree:
+        """The row-sharded fields gathered to every process (host-side, for checkpoints and the result)."""
+        if not self._shards(optimizer):
+            return state
+        from jax.experimental import multihost_utils
+
+        def join(x: jax.Array) -> jax.Array:
+            if x.is_fully_addressable:
+                return jnp.asarray(np.asarray(x))
+            return jnp.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+        return _map_sharded(optimizer, state, join)
+
+    def whole_template(self, optimizer: Any, state: PyTree) -> PyTree:
+        """``state`` with its population-sized fields as zeros of their (whole) shape."""
+        if not self._shards(optimizer):
+            return state
+        return _map_sharded(optimizer, state, lambda x: np.zeros(x.shape, np.dtype(x.dtype)))
+
+    def _keep_row_sharded(self, leaf: Any) -> bool:
+        return isinstance(leaf, jax.Array) and self.n_shards > 1 and leaf.sharding == self._row_sharding
+
+
+class Devices(_MeshSharded, SingleProcess):
     """Shard the population's evaluation over the devices of this process.
 
     devices: the devices to use (default: ``jax.local_devices()``).
+    shard_state: optimizers whose state is the population (``sharded_fields``: the EnKF
+          ensemble, SA/PT chains, GA offspring) keep it split by rows over the devices when their
+          count divides the population (see :class:`_MeshSharded`); False: replicated.
     """
 
-    def __init__(self, devices: list[jax.Device] | None = None):
+    def __init__(self, devices: list[jax.Device] | None = None, *, shard_state: bool = True):
         devices = list(jax.local_devices() if devices is None else devices)
         if not devices:
             raise ValueError("Devices() needs at least one device")
@@ -268,6 +403,7 @@ class Devices(SingleProcess):
             warnings.warn(CPU_DEVICES_WARNING, RuntimeWarning, stacklevel=2)
         self.mesh = Mesh(np.array(devices), ("population",))
         self.n_shards = len(devices)
+        self.shard_state = bool(shard_state)
 
     def __repr__(self) -> str:
         return f"Devices({self.n_shards} × {self.mesh.devices.flat[0].platform})"
@@ -276,10 +412,10 @@ class Devices(SingleProcess):
         return tuple(d.id for d in self.mesh.devices.flat)
 
     def __eq__(self, other: object) -> bool:  # equal meshes reuse compiled programs
-        return type(other) is type(self) and self._ids() == other._ids()
+        return type(other) is type(self) and self._ids() == other._ids() and self.shard_state == other.shard_state
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, self._ids()))
+        return hash((type(self).__name__, self._ids(), self.shard_state))
 
     def map_rows(self, compute: Callable[[PyTree], PyTree], rows: PyTree) -> PyTree:
         """``compute(rows)`` with the rows split over the devices; traced inside ``jit``.
@@ -302,8 +438,11 @@ class Devices(SingleProcess):
         return jax.lax.with_sharding_constraint(jax.tree_util.tree_map(lambda x: x[:n], out), replicated)
 
     def place(self, tree: PyTree) -> PyTree:
-        """Replicate ``tree`` (the optimizer state) over the mesh, where the jitted step expects it."""
-        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+        """Replicate ``tree`` (the optimizer state) over the mesh, where the jitted step expects it
+        (fields already split by rows, :meth:`own_rows`, stay split)."""
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        return jax.tree_util.tree_map(lambda leaf: leaf if self._keep_row_sharded(leaf) else
+                                      jax.device_put(leaf, replicated), tree)
 
 
 class _Ranks:
@@ -394,7 +533,7 @@ class MPI(_Ranks, _Replicated):
           "l2ljax[mpi]"`` against the cluster's MPI).
 
     shard_state: optimizers whose state is the population (``sharded_fields``: the EnKF
-          ensemble, SA's chains) keep only this rank's rows (:mod:`l2ljax.rows`, a balanced
+          ensemble, SA and PT chains, GA offspring) keep only this rank's rows (:mod:`l2ljax.rows`, a balanced
           split): the update is computed from per-rank partial sums (:mod:`l2ljax.kalman.eki`,
           "Sharded ensembles"), nothing population-sized is gathered in the loop, and each rank
           holds 1/ranks of the ensemble. Checkpoints are whole (gathered to rank 0 when written),
@@ -715,21 +854,26 @@ class Distributed(_Ranks, Devices):
     Rank 0 (``jax.process_index() == 0``) writes the run directory and shows progress; every
     rank returns the same result.
 
-    Unlike ``MPI``: the state is never sharded (the EnKF ensemble stays whole on every process,
-    as under ``MPI(shard_state=False)``), and there is no watchdog: a process that hangs or dies
-    outside l2ljax's checks is noticed by JAX's coordination service after
-    ``heartbeat_timeout_seconds`` (default 100 s).
+    shard_state: population-sized state (EnKF ensemble, SA/PT chains, GA offspring) split by rows
+    over the job's devices, as under ``MPI()``, when their count divides the population (a
+    row-sharded global array must split evenly; otherwise it stays whole, as with False; so do
+    ETKI, TEKI and ``form="ensemble"``, whose J × J systems couple every member). The initial
+    state is drawn whole on every process and then split; checkpoints are whole.
+
+    Unlike ``MPI``: there is no watchdog: a process that hangs or dies outside l2ljax's checks is
+    noticed by JAX's coordination service after ``heartbeat_timeout_seconds`` (default 100 s).
     """
 
     ranks_name = "jax.distributed processes"
 
     def __init__(self, coordinator_address: str | None = None, num_processes: int | None = None,
-                 process_id: int | None = None, **options: Any):
+                 process_id: int | None = None, *, shard_state: bool = True, **options: Any):
         initialize_distributed(coordinator_address, num_processes, process_id, **options)
         self.rank, self.n_ranks = jax.process_index(), jax.process_count()
         self.is_writer = self.rank == 0
         self.mesh = Mesh(np.array(jax.devices()), ("population",))
         self.n_shards = self.mesh.size
+        self.shard_state = bool(shard_state)
 
     def __repr__(self) -> str:
         return (f"Distributed(process {self.rank} of {self.n_ranks}, {self.n_shards} × "
@@ -744,7 +888,7 @@ class Distributed(_Ranks, Devices):
         replicated = NamedSharding(self.mesh, PartitionSpec())
 
         def one(leaf: Any) -> jax.Array:
-            if isinstance(leaf, jax.Array) and leaf.sharding == replicated:
+            if isinstance(leaf, jax.Array) and (leaf.sharding == replicated or self._keep_row_sharded(leaf)):
                 return leaf
             if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
                 return jax.random.wrap_key_data(one(jax.random.key_data(leaf)), impl=jax.random.key_impl(leaf))

@@ -42,6 +42,9 @@ class Engine(Protocol):
 
     def shift_over_shards(self, x: Array, offset: int) -> Array: ...  # shard (r − offset) mod n's x, equal shapes
 
+    # only for ``Rows(traced=True)``: this shard's index, known inside the one program of all shards
+    # def shard_index(self) -> Array: ...
+
 
 def split(total_rows: int, n_shards: int, shard: int) -> tuple[int, int]:
     """``(start, count)`` of shard ``shard``'s rows in a balanced split of ``total_rows`` rows."""
@@ -55,14 +58,24 @@ class Rows:
 
     ``engine`` does the collectives (None: this shard holds every row). Hashable and static: it
     is closed over by compiled programs, never passed as an array.
+
+    ``traced``: one program runs every shard (a ``shard_map`` over a mesh: ``parallel.Devices``,
+    ``Distributed``), so the shard's index is known only inside it (``engine.shard_index()``);
+    the shards are then equal, ``count = total_rows / n_shards`` rows each, and ``start`` is
+    unused (:attr:`first` is the traced first row).
     """
 
     total_rows: int
     start: int = 0
     count: int = -1  # -1: every row
     engine: Any = None
+    traced: bool = False
 
     def __post_init__(self) -> None:
+        if self.traced:
+            if self.engine is None or self.total_rows % self.engine.n_shards:
+                raise ValueError(f"traced rows need an engine whose shards divide {self.total_rows} rows")
+            object.__setattr__(self, "count", self.total_rows // self.engine.n_shards)
         if self.count < 0:
             object.__setattr__(self, "count", self.total_rows - self.start)
 
@@ -75,9 +88,22 @@ class Rows:
         return 1 if self.engine is None else self.engine.n_shards
 
     @property
-    def shard(self) -> int:
-        """This shard's index in the split."""
+    def shard(self) -> Any:
+        """This shard's index in the split (traced for ``traced`` rows)."""
+        if self.traced:
+            return self.engine.shard_index()
         return next(r for r in range(self.n_shards) if split(self.total_rows, self.n_shards, r)[0] == self.start)
+
+    @property
+    def first(self) -> Any:
+        """The global index of this shard's first row (traced for ``traced`` rows)."""
+        return self.shard * self.count if self.traced else self.start
+
+    def _block(self, shard: Any) -> tuple[Any, int]:
+        """(first row, row count) of shard ``shard`` (a traced index for ``traced`` rows)."""
+        if self.traced:
+            return shard * self.count, self.count
+        return split(self.total_rows, self.n_shards, shard)
 
     def total(self, partial: Array) -> Array:
         """Sum of every shard's ``partial`` (a sum over its own rows)."""
@@ -85,11 +111,15 @@ class Rows:
 
     def indices(self) -> Array:
         """The global indices of this shard's rows."""
-        return self.start + jnp.arange(self.count)
+        return self.first + jnp.arange(self.count)
 
     def own(self, x: Any) -> Any:
         """This shard's rows of ``x``, an array over the whole population (leading axis total_rows)."""
-        return x if self.whole else x[self.start:self.start + self.count]
+        if self.whole:
+            return x
+        if self.traced:
+            return jax.lax.dynamic_slice_in_dim(x, self.first, self.count)
+        return x[self.start:self.start + self.count]
 
     def keys(self, key: Array) -> Array:
         """This shard's rows of ``jax.random.split(key, total_rows)`` (keys are small: split all)."""
@@ -113,7 +143,8 @@ class Rows:
                                 for r in range(self.n_shards)])
 
     def take(self, x: Array, source: Array) -> Array:
-        """Row ``source[i]`` (a global index) of the whole population for each of this shard's rows i.
+        """Row ``source[i]`` (a global index) of the whole population, for each entry of ``source``
+        (any length: e.g. two per own row, a row and its partner).
 
         Sharded, every block travels once around a ring of shards (n − 1 shifts of ⌈J/n⌉ rows): the
         bytes of an all-gather, the memory of two blocks. Meant for states that move between
@@ -122,10 +153,10 @@ class Rows:
             return x[source]
         n, per_shard = self.n_shards, -(-self.total_rows // self.n_shards)
         block = jnp.concatenate([x, jnp.zeros((per_shard - self.count, *x.shape[1:]), x.dtype)])
-        out = jnp.zeros((self.count, *x.shape[1:]), x.dtype)
+        out = jnp.zeros((source.shape[0], *x.shape[1:]), x.dtype)
         for offset in range(n):
             owner = (self.shard - offset) % n
-            start, count = split(self.total_rows, n, owner)
+            start, count = self._block(owner)
             local = source - start
             here = (local >= 0) & (local < count)
             picked = block[jnp.clip(local, 0, per_shard - 1)]
@@ -133,6 +164,10 @@ class Rows:
             if offset < n - 1:
                 block = self.engine.shift_over_shards(block, 1)
         return out
+
+    def gather_blocks(self, block: Array) -> Array:
+        """Every shard's ``block`` (equal shapes, e.g. its k best rows): (n_shards, *block.shape)."""
+        return block[None] if self.engine is None else self.engine.gather_over_shards(block)
 
     def best(self, score: Array, x: Array) -> tuple[Array, Array]:
         """``(score[i], x[i])`` of the best row over every shard: the first maximum in row order,

@@ -7,7 +7,8 @@ job's processes and writes what it saw to ``OUT/rank<r>.json`` (and the numbers 
 
 Always: one jitted evaluation of a population, and ranks called with other keys. ``--ce`` adds
 the CE run (through a directory), ``--enkf`` the EnKF run, ``--host`` the host simulator's (rows
-per process, a crash on the last process, a stop asked by rank 0).
+per process, a crash on the last process, a stop asked by rank 0), ``--sharded`` the runs whose
+population-sized state is split over the processes (30 rows: EnKF ensemble, GA offspring).
 
 Without ``--mpirun``, mpi4py and mpi4jax are made unimportable first: the engine must not need MPI.
 Small problems and few compiled programs (each process compiles every program it runs): the
@@ -76,11 +77,28 @@ class Problems:
     def host_run(self, parallel=None, n_generations=3, **options) -> l2ljax.RunResult:
         return l2ljax.run(self.host_ce, self.host, jax.random.key(2), n_generations, parallel=parallel, **options)
 
+    def sharded_runs(self, parallel=None, **options) -> dict[str, l2ljax.RunResult]:
+        """30 rows, which 2 and 3 processes divide: the state itself is split (stochastic EKI with
+        additive inflation and an averaged mean; the GA's offspring and hall of fame)."""
+        enkf = l2ljax.EnsembleKalmanFilter(self.kalman, pop_size=30, stochastic=True)
+        params = enkf.default_params.replace(additive_inflation=0.1, average_decay=0.5)
+        ga = l2ljax.GeneticAlgorithm(self.noisy, pop_size=30, hall_of_fame_size=5)
+        return {"enkf30": l2ljax.run(enkf, self.kalman, jax.random.key(3), 6, params=params, parallel=parallel,
+                                     chunk_size=3, **options),
+                "ga30": l2ljax.run(ga, self.noisy, jax.random.key(4), 8, parallel=parallel, chunk_size=4, **options)}
+
 
 def numbers(evaluated: np.ndarray, ce: l2ljax.RunResult | None, enkf: l2ljax.RunResult | None,
-            host: l2ljax.RunResult | None) -> dict:
+            host: l2ljax.RunResult | None, sharded: dict | None = None) -> dict:
     """What is compared with one process."""
     out = {"evaluated": evaluated}
+    if sharded is not None:
+        out.update(enkf30_ensemble=np.asarray(sharded["enkf30"].state.inner.ensemble),
+                   enkf30_average=np.asarray(sharded["enkf30"].state.inner.average),
+                   enkf30_misfit=sharded["enkf30"].trajectory["diag/misfit"],
+                   ga30_offspring=np.asarray(sharded["ga30"].state.inner.offspring),
+                   ga30_hof=np.asarray(sharded["ga30"].state.inner.hof_weighted),
+                   ga30_score=sharded["ga30"].trajectory["score"])
     if ce is not None:
         out.update(ce_score=ce.trajectory["score"], ce_best=np.float32(ce.best_score))
     if enkf is not None:
@@ -126,7 +144,20 @@ def main(out: Path, checks: list[str]) -> None:
         # A stop only rank 0's callback asks for holds on every process.
         report["stopped_after"] = problems.host_run(scheme, 6, callbacks=[
             lambda record, state: rank == 0 and int(record["generation"]) == 1]).generations
-    np.savez(out / f"rank{rank}.npz", **numbers(evaluated, ce, enkf, host))
+    sharded = None
+    if "--sharded" in checks:  # each device holds its rows between chunks, as callbacks see them
+        held: list[int] = []
+
+        def rows_here(record, state):
+            fields = state.inner.ensemble if hasattr(state.inner, "ensemble") else state.inner.offspring
+            held.append(sum(shard.data.shape[0] for shard in fields.addressable_shards))
+
+        sharded = problems.sharded_runs(scheme, callbacks=[rows_here])
+        report["sharded_rows_held"] = sorted(set(held))
+        report["sharded_whole_after"] = [int(sharded["enkf30"].state.inner.ensemble.shape[0]),
+                                         int(sharded["ga30"].state.inner.offspring.shape[0])]
+        cpu["sharded"] = time.process_time()
+    np.savez(out / f"rank{rank}.npz", **numbers(evaluated, ce, enkf, host, sharded))
     cpu["rest"] = time.process_time()
     report["seconds"] = time.perf_counter() - started
     report["cpu_seconds"] = cpu

@@ -45,6 +45,29 @@ def main(mode: str, out: Path) -> None:
     split = l2ljax.run(enkf, kalman, jax.random.key(1), 8, parallel=scheme)
     report["enkf_ensemble"] = max_difference(one.state.inner.ensemble, split.state.inner.ensemble)
 
+    if mode == "devices":  # the state itself split over the devices (30 rows: 15 each), as callbacks see it
+        rastrigin = l2ljax.function_optimizee("rastrigin", dim=3)
+        report["state_split"] = {}
+        for name, opt, of in (
+                ("EnKF", l2ljax.EnsembleKalmanFilter(kalman, pop_size=30, stochastic=True), lambda s: s.ensemble),
+                ("GA", l2ljax.GeneticAlgorithm(rastrigin, pop_size=30, hall_of_fame_size=5), lambda s: s.offspring),
+                ("SA", l2ljax.SimulatedAnnealing(rastrigin, n_parallel_runs=30), lambda s: s.x),
+                ("PT", l2ljax.ParallelTempering(rastrigin, n_parallel_runs=30), lambda s: s.chains.x),
+                ("GA31", l2ljax.GeneticAlgorithm(rastrigin, pop_size=31), lambda s: s.offspring)):
+            problem = kalman if name == "EnKF" else rastrigin
+            one = l2ljax.run(opt, problem, jax.random.key(6), 8)
+            held: list = []
+            split = l2ljax.run(opt, problem, jax.random.key(6), 8, parallel=scheme, chunk_size=4,
+                               callbacks=[lambda r, state, of=of, held=held: held.append(
+                                   sorted({shard.data.shape[0] for shard in of(state.inner).addressable_shards}))])
+            report["state_split"][name] = {
+                "state": max(max_difference(a, b) for a, b in zip(jax.tree_util.tree_leaves(split.state.inner),
+                                                                   jax.tree_util.tree_leaves(one.state.inner),
+                                                                   strict=True)
+                             if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)),
+                "score": max_difference(split.trajectory["score"], one.trajectory["score"]),
+                "rows_per_device": held[0], "whole_after": int(of(split.state.inner).shape[0])}
+
     # A host simulator: each rank scores only its rows.
     rows_seen = []
 

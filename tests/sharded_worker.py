@@ -130,6 +130,34 @@ def compare_chains(scheme: parallel.MPI) -> dict:
             report[name]["swap_rate"] = max_difference(split.trajectory["diag/swap_rate"],
                                                        one.trajectory["diag/swap_rate"])
             report[name]["swaps"] = float(np.sum(one.trajectory["diag/swap_rate"]))
+    report.update(compare_genetic(scheme))
+    return report
+
+
+def compare_genetic(scheme: parallel.MPI) -> dict:
+    """The GA with its offspring split over the ranks: parents and mates fetched across shards,
+    duplicates found across shards, the hall of fame merged from every shard's best (k = 5 below
+    a shard's 10 rows, and k = 16 above)."""
+    problem = l2ljax.function_optimizee("rastrigin", dim=3)
+    report = {}
+    for k in (5, 16):
+        opt = l2ljax.GeneticAlgorithm(problem, pop_size=J, hall_of_fame_size=k)
+        one = l2ljax.run(opt, problem, jax.random.key(6), 12)
+        held: list[int] = []
+
+        def note_rows(record, state, held=held):
+            held.append(int(state.inner.offspring.shape[0]))
+
+        split = l2ljax.run(opt, problem, jax.random.key(6), 12, parallel=scheme, chunk_size=3, callbacks=[note_rows])
+        report[f"GA-hof{k}"] = {
+            "x": max_difference(split.state.inner.offspring, one.state.inner.offspring),
+            "score": max_difference(split.trajectory["score"], one.trajectory["score"]),
+            "best": max_difference(split.best_score, one.best_score),
+            "hof": max(max_difference(split.state.inner.hof_x, one.state.inner.hof_x),
+                       max_difference(split.state.inner.hof_weighted, one.state.inner.hof_weighted)),
+            "duplicates": max_difference(split.trajectory["diag/n_duplicates"], one.trajectory["diag/n_duplicates"]),
+            "n_duplicates": float(np.sum(one.trajectory["diag/n_duplicates"])),
+            "rows_held": sorted(set(held)), "whole_after": int(split.state.inner.offspring.shape[0])}
     return report
 
 

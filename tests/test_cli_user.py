@@ -53,7 +53,7 @@ def test_readme_main_job_as_a_new_user(empty_dir):
     """README's main-job line (tiny --iterations) from an empty folder and an empty HOME: every file it promises."""
     done = l2ljax("mnist-enkf", "--download", "--iterations", "4", *TINY, cwd=empty_dir)
     assert done.returncode == 0, done.stderr
-    assert "final test accuracy of the ensemble mean" in done.stdout
+    assert "final test accuracy of the averaged ensemble mean" in done.stdout
     run_dir = (empty_dir / "runs" / "latest").resolve()
     assert run_dir.name.startswith("mnist-enkf-") and f"results in runs/{run_dir.name}" in done.stdout
     with open(run_dir / "test_accuracy.csv") as f:
@@ -87,6 +87,7 @@ def test_readme_main_job_as_a_new_user(empty_dir):
     (["--init-std", "-1"], "--init-std must be a positive number"),
     (["--train-subset", "10"], "--train-subset 10 is smaller than one batch"),
     (["--members", "1"], "--members must be at least 2"),
+    (["--average-decay", "1"], "--average-decay must be in [0, 1)"),
     (["--resume", "--out", "nowhere"], "holds no run to continue"),
 ])
 def test_bad_flags_fail_in_one_line_before_loading_mnist(empty_dir, flags, says):

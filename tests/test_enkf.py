@@ -192,3 +192,31 @@ def test_x0_needs_init_std_and_output_blocks_must_divide():
     opt = l2ljax.EnsembleKalmanFilter(problem, pop_size=8, sequential=True, outputs_per_sample=5)
     with pytest.raises(ValueError, match="not a multiple of outputs_per_sample=5"):
         l2ljax.run(opt, problem, jax.random.key(0), 1)
+
+
+@pytest.mark.parametrize("accelerator", [None, l2ljax.kalman.NesterovAccelerator()])
+def test_averaged_mean_is_the_debiased_ema_of_the_update_means(accelerator):
+    problem, _, _ = linear_problem(noise=0.3)
+    opt = l2ljax.EnsembleKalmanFilter(problem, pop_size=20, accelerator=accelerator)
+    beta = 0.8
+    state = opt.init(jax.random.key(4), opt.default_params.replace(gamma=0.05, average_decay=beta,
+                                                                   additive_inflation=0.1))
+    np.testing.assert_array_equal(opt.averaged_mean_flat(state), opt.mean_flat(state))  # no update yet
+    step = jax.jit(l2ljax.make_step(opt, problem))
+    means = []
+    for _ in range(12):
+        state, _ = step(state, jax.random.key(5))
+        means.append(np.asarray(opt.mean_flat(state), np.float64))
+    weights = (1 - beta) * beta ** np.arange(len(means))[::-1]
+    expected = weights @ np.stack(means) / weights.sum()
+    averaged = np.asarray(opt.averaged_mean_flat(state))
+    np.testing.assert_allclose(averaged, expected, rtol=1e-5, atol=1e-5)
+    assert np.max(np.abs(averaged - means[-1])) > 1e-3  # an average, not the latest mean
+
+    plain = opt.init(jax.random.key(4), opt.default_params.replace(gamma=0.05, additive_inflation=0.1))
+    for _ in range(3):
+        plain, _ = step(plain, jax.random.key(5))
+    np.testing.assert_array_equal(opt.averaged_mean_flat(plain), opt.mean_flat(plain))  # β = 0: the latest
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="average_decay"):
+            opt.init(jax.random.key(0), opt.default_params.replace(average_decay=bad))

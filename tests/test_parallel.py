@@ -92,6 +92,17 @@ def test_two_devices_give_the_numbers_of_one(device_reports):
     assert device_reports[0]["host_rows_seen"] == [7] * 4  # a host simulator is not split over devices
 
 
+def test_population_state_split_over_devices_gives_the_numbers_of_one(device_reports):
+    """EnKF ensemble, GA offspring, SA and PT chains held 15 rows per device between chunks; 31
+    rows, which 2 devices cannot split evenly, stay whole on each."""
+    split = device_reports[0]["state_split"]
+    assert sorted(split) == ["EnKF", "GA", "GA31", "PT", "SA"]
+    for name, got in split.items():
+        assert got["state"] < 1e-4 and got["score"] < 1e-5, (name, got)
+        rows = 31 if name == "GA31" else 15
+        assert got["rows_per_device"] == [rows] and got["whole_after"] == rows * (1 if rows == 31 else 2), (name, got)
+
+
 @pytest.fixture(scope="module")
 def mpi_reports(tmp_path_factory):
     launcher = require_mpi()
@@ -270,8 +281,9 @@ def _sharded(tmp_path, n, *args, timeout=300):
 def test_a_sharded_ensemble_gives_the_numbers_of_one_process_on_3_ranks(tmp_path):
     """31 members over 3 ranks (11, 10, 10): every sharded code path of the EnKF update (stochastic
     perturbations, additive inflation, misfit controller, Nesterov, SECNice localization, failed
-    members resampled, the LOD sequential composition), and SA and PT chains (swaps across shards),
-    against the same runs unsharded."""
+    members resampled, the LOD sequential composition), SA and PT chains (swaps across shards) and
+    the GA's offspring (parents, duplicates and the hall of fame across shards), against the same
+    runs unsharded."""
     _sharded(tmp_path, 3, "compare", str(tmp_path))
     for rank in range(3):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
@@ -283,10 +295,12 @@ def test_a_sharded_ensemble_gives_the_numbers_of_one_process_on_3_ranks(tmp_path
             assert got["rows_held"] == [11 if rank == 0 else 10], (rank, name)  # only its rows, all along
             assert got["whole_after"] == 31
         assert report["failing members+SECNice"]["n_failed_first"] > 0  # the resampling path ran
-        for name, got in report["chains"].items():  # SA and PT chains
-            assert max(got["x"], got["score"], got["best"], got.get("swap_rate", 0.0)) < 1e-5, (rank, name, got)
+        for name, got in report["chains"].items():  # SA and PT chains, GA offspring
+            assert max(got["x"], got["score"], got["best"], got.get("swap_rate", 0.0), got.get("hof", 0.0),
+                       got.get("duplicates", 0.0)) < 1e-5, (rank, name, got)
             assert got["rows_held"] == [11 if rank == 0 else 10] and got["whole_after"] == 31, (rank, name, got)
         assert report["chains"]["PT"]["swaps"] > 1  # states did move between chains
+        assert report["chains"]["GA-hof5"]["n_duplicates"] > 0  # the cross-shard duplicate path ran
 
 
 def test_a_sharded_run_resumes_on_another_number_of_ranks(tmp_path):
@@ -351,17 +365,18 @@ def one_process():
     from distributed_worker import Problems, numbers
 
     problems = Problems()
-    return numbers(problems.evaluated(), problems.ce_run(), problems.enkf_run(), problems.host_run())
+    return numbers(problems.evaluated(), problems.ce_run(), problems.enkf_run(), problems.host_run(),
+                   problems.sharded_runs())
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    return distributed_reports(tmp_path_factory.mktemp("distributed2"), 2, "--ce", "--enkf", "--host")
+    return distributed_reports(tmp_path_factory.mktemp("distributed2"), 2, "--ce", "--enkf", "--host", "--sharded")
 
 
 @pytest.fixture(scope="module")
 def three_processes(tmp_path_factory):
-    return distributed_reports(tmp_path_factory.mktemp("distributed3"), 3, "--ce", "--enkf")
+    return distributed_reports(tmp_path_factory.mktemp("distributed3"), 3, "--ce", "--enkf", "--sharded")
 
 
 def check_numbers_of_one_process(report: dict, one: dict) -> None:
@@ -376,6 +391,11 @@ def check_numbers_of_one_process(report: dict, one: dict) -> None:
         assert max_difference(split["enkf_ensemble"], one["enkf_ensemble"]) < 1e-4
     if "host_score" in split:
         np.testing.assert_array_equal(split["host_score"], one["host_score"])  # float64 numpy on the host
+    if "enkf30_ensemble" in split:  # the state itself split over the processes
+        for name in ("enkf30_ensemble", "enkf30_average", "enkf30_misfit"):
+            assert max_difference(split[name], one[name]) < 1e-4, name
+        for name in ("ga30_offspring", "ga30_hof", "ga30_score"):
+            assert max_difference(split[name], one[name]) < 1e-5, name
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -384,7 +404,9 @@ def test_distributed_processes_give_the_numbers_of_one_process(n, one_process, r
     assert [(r["processes"], r["shards"], r["reused"], r["auto"]) for r in reports] == [(n, n, True, "distributed")] * n
     for report in reports:
         assert "enkf_ensemble" in report["numbers"] and report["ce_generations"] == 10
+        assert "enkf30_ensemble" in report["numbers"]
         check_numbers_of_one_process(report, one_process)
+        assert report["sharded_rows_held"] == [30 // n] and report["sharded_whole_after"] == [30, 30]
 
 
 def test_distributed_processes_score_only_their_rows_of_a_host_simulator(two_processes):

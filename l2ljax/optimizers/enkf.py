@@ -74,6 +74,7 @@ class EnsembleKalmanParams:
     step_size: float = 1.0
     inflation: float = 1.0
     additive_inflation: float = 0.0
+    average_decay: float = 0.0  # β of the averaged ensemble mean (0: the latest mean)
     noise_cov: Any = None
     process: Any = kalman.Inversion()
     scheduler: Any = kalman.FixedStep()
@@ -93,6 +94,7 @@ class EnsembleKalmanState(NamedTuple):
     step: jax.Array | None = None  # h of the last update
     prior_mean: jax.Array | None = None  # (P,) the initial ensemble's mean (TEKI)
     prior_std: jax.Array | None = None  # (P,) its per-coordinate std (TEKI, additive inflation)
+    average: jax.Array | None = None  # (P,) Σ_n β^(N−n)(1−β) ū_n over the N updates, not yet debiased
 
 
 def _kind(obj: Any, allowed: tuple[type, ...], what: str) -> Any:
@@ -181,6 +183,11 @@ class EnsembleKalmanFilter(Optimizer):
         return everything(self.pop_size) if self.rows is None else self.rows
 
     @property
+    def shardable(self) -> bool:
+        """ETKI, TEKI and the ensemble form couple every member (J × J systems): never sharded."""
+        return isinstance(self.process, kalman.Inversion) and self.form != "ensemble"
+
+    @property
     def default_params(self) -> EnsembleKalmanParams:
         return EnsembleKalmanParams(noise_cov=self.noise_cov, process=self.process, scheduler=self.scheduler,
                                     accelerator=self.accelerator, localizer=self.localizer)
@@ -189,6 +196,7 @@ class EnsembleKalmanFilter(Optimizer):
         for name in ("gamma", "step_size", "inflation"):
             check_range(params, name, 0.0, float("inf"), lo_open=True, owner=self.name)
         check_range(params, "additive_inflation", 0.0, 1.0, hi_open=True, owner=self.name)
+        check_range(params, "average_decay", 0.0, 1.0, hi_open=True, owner=self.name)
         if (isinstance(self.scheduler, kalman.FixedStep) and is_concrete(params.additive_inflation, params.step_size)
                 and np.any(np.asarray(params.additive_inflation) * np.asarray(params.step_size) >= 1)):
             raise kalman.StrategyError(f"{self.name}: additive inflation needs additive_inflation·step_size < 1")
@@ -252,7 +260,8 @@ class EnsembleKalmanFilter(Optimizer):
             ensemble, jnp.array(jnp.nan, x0.dtype), jnp.array(0, jnp.int32), k_state,
             previous=ensemble if self._accelerated else None, theta=jnp.ones((), x0.dtype), elapsed=zero,
             terminated=jnp.array(False), step=zero, prior_mean=prior_mean,
-            prior_std=kalman.eki._std(ensemble, rows) if self.additive_cov == "prior" else None)
+            prior_std=kalman.eki._std(ensemble, rows) if self.additive_cov == "prior" else None,
+            average=jnp.zeros(x0.shape, x0.dtype))
 
     def _ask(self, key: jax.Array, inner: EnsembleKalmanState, params: EnsembleKalmanParams) -> jax.Array:
         return inner.ensemble
@@ -330,6 +339,10 @@ class EnsembleKalmanFilter(Optimizer):
                                                 step_size=h, std=inner.prior_std, rows=self.rows),
             lambda U: U, ensemble)
         ensemble = jnp.where(moves, self.space.clip(ensemble), population)
+        # Polyak–Ruppert-style iterate averaging: an EMA of the plain ensemble means, only over updates done
+        beta = jnp.asarray(params.average_decay, population.dtype)
+        plain_mean = kalman.eki._mean(previous if self._accelerated else ensemble, self._rows)
+        average = jnp.where(moves, beta * inner.average + (1 - beta) * plain_mean, inner.average)
         finite_outputs = jnp.where(valid[:, None], outputs, 0.0)
         rows = self._rows
         mean_output = rows.total(jnp.sum(finite_outputs, 0)) / jnp.maximum(rows.total(jnp.sum(valid)), 1)
@@ -337,7 +350,8 @@ class EnsembleKalmanFilter(Optimizer):
         misfit = jnp.mean(jnp.square(mean_output - targets)).astype(dtype)
         return inner._replace(ensemble=ensemble, misfit=misfit, iteration=inner.iteration + moves.astype(jnp.int32),
                               key=key, previous=previous, theta=theta.astype(dtype), elapsed=elapsed.astype(dtype),
-                              terminated=inner.terminated | stopped, step=jnp.where(moves, h, 0.0).astype(dtype))
+                              terminated=inner.terminated | stopped, step=jnp.where(moves, h, 0.0).astype(dtype),
+                              average=average.astype(dtype))
 
     def mean_flat(self, state: OptState) -> jax.Array:
         """The (P,) ensemble mean of the latest plain update (with momentum: u_n, not the extrapolated v_n).
@@ -350,6 +364,21 @@ class EnsembleKalmanFilter(Optimizer):
                              f"{self._rows.count}: a shard's state needs the sharded optimizer "
                              "(parallel.shard(opt)); a whole state (RunResult.state) the plain one")
         return kalman.eki._mean(members, self._rows)
+
+    def averaged_mean_flat(self, state: OptState) -> jax.Array:
+        """The (P,) exponential moving average of the ensemble means of all updates, debiased.
+
+        With ``params.average_decay`` = β > 0 it is Σ_n w_n ū_n with w_n ∝ β^(N−n) over the N updates
+        done (Polyak & Juditsky 1992 iterate averaging, in its exponential form): the ensemble's
+        mean wanders around the minimiser and the average sits closer to it. It does not steer the
+        ensemble. With β = 0 (the default), and before the first update, it is :meth:`mean_flat`.
+        """
+        inner = state.inner
+        beta = jnp.asarray(state.params.average_decay, inner.average.dtype)
+        done = inner.iteration > 0
+        weight = 1 - beta ** jnp.maximum(inner.iteration, 1).astype(inner.average.dtype)
+        latest = self.mean_flat(state)
+        return jnp.where(done & (beta > 0), inner.average / weight, latest)
 
     def ensemble_mean(self, state: OptState) -> Any:
         """The ensemble-mean individual (pytree): the model LOD evaluates."""

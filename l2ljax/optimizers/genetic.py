@@ -48,6 +48,16 @@ every generation (L2L re-evaluates only changed individuals; vmapped evaluation 
 moot, and a noisy fitness is re-drawn instead of kept); the random streams are JAX's, so runs
 match DEAP's in distribution, not number for number.
 
+Split over shards (``parallel.MPI()``, or ``Devices``/``Distributed`` when the device count
+divides ``pop_size``) each shard breeds and keeps its own offspring rows: selection runs on every
+shard alike from the gathered (J, n_obj) fitness; each row's crossover, mutation and duplicate
+draws come from its own row (or pair) key, so the numbers are those of one process; parents and
+mates are fetched across shards by :meth:`l2ljax.rows.Rows.take`, duplicates are found from
+gathered row hashes and an exact comparison with the row that sorts before, and the hall of fame
+is merged from each shard's k best. Per generation a shard receives three ring passes of the
+population (parents and mates; the offspring's predecessors; the told rows' predecessors), each
+the J × dim values of one all-gather but never more than two blocks in memory.
+
 Several parameter sets per individual (L2L ``MultiGeneticAlgorithmOptimizer``,
 ``n_inner_params``): give the optimizee a template whose leaves have a leading axis
 ``n_inner`` (e.g. ``{"w": zeros((n_inner, d))}``) and let its function vmap the inner model
@@ -74,6 +84,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from l2ljax.core import Evaluation, Optimizee, Optimizer, OptState, PyTree, Space, check_positive_int, check_range
+from l2ljax.rows import Rows, everything
 
 __all__ = [
     "GeneticAlgorithm", "GeneticAlgorithmParams", "GeneticAlgorithmState", "blend_crossover",
@@ -140,30 +151,48 @@ def tournament_selection(key: jax.Array, weighted: jax.Array, n: int, tourn_size
     return jnp.take_along_axis(contestants, winner[:, None], axis=1)[:, 0]
 
 
+def _row_uniforms(key: jax.Array, index: jax.Array, width: int, dtype: Any) -> jax.Array:
+    """(len(index), width) U[0, 1): row i's from ``fold_in(key, index[i])``, so a row (a global
+    index) draws the same numbers however the population is split over shards."""
+    return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (width,), dtype))(index)
+
+
+def _pair_partner(index: jax.Array, n: int) -> jax.Array:
+    """The row each row is mated with: 2k ↔ 2k + 1; an odd last row is its own partner."""
+    partner = index ^ 1
+    return jnp.where(partner < n, partner, index)
+
+
+def _blend(key: jax.Array, x: jax.Array, mate_x: jax.Array, index: jax.Array, partner: jax.Array,
+           alpha: jax.Array | float, cx_prob: jax.Array | float) -> jax.Array:
+    """Rows ``index`` (global) of the blend crossover: ``x`` their parents, ``mate_x`` their mates'."""
+    u = _row_uniforms(key, index // 2, x.shape[1] + 1, x.dtype)  # one draw per pair: both children share γ
+    mate = (u[:, :1] < cx_prob) & (partner != index)[:, None]
+    gamma = (1.0 + 2.0 * alpha) * u[:, 1:] - alpha
+    return jnp.where(mate, x + gamma * (mate_x - x), x).astype(x.dtype)
+
+
 def blend_crossover(key: jax.Array, x: jax.Array, alpha: jax.Array | float, cx_prob: jax.Array | float
                     ) -> jax.Array:
     """Mate rows (0, 1), (2, 3), … with probability ``cx_prob`` by BLX-α (DEAP ``cxBlend``).
 
-    Per gene γ = (1 + 2α)u − α, u ~ U[0, 1); children x₁ + γ(x₂ − x₁) and x₂ + γ(x₁ − x₂)
-    (algebraically DEAP's (1−γ)x₁ + γx₂ and γx₁ + (1−γ)x₂; this form keeps equal genes exact).
+    Per gene γ = (1 + 2α)u − α, u ~ U[0, 1) (one draw per pair, from ``fold_in(key, pair)``);
+    children x₁ + γ(x₂ − x₁) and x₂ + γ(x₁ − x₂) (algebraically DEAP's (1−γ)x₁ + γx₂ and
+    γx₁ + (1−γ)x₂; this form keeps equal genes exact). An odd last row is not mated.
     """
-    n_pairs, dim = x.shape[0] // 2, x.shape[1]
-    u = jax.random.uniform(key, (n_pairs, dim + 1), x.dtype)
-    x1, x2 = x[0:2 * n_pairs:2], x[1:2 * n_pairs:2]
-    mate = u[:, :1] < cx_prob
-    gamma = (1.0 + 2.0 * alpha) * u[:, 1:] - alpha
-    c1 = jnp.where(mate, x1 + gamma * (x2 - x1), x1)
-    c2 = jnp.where(mate, x2 + gamma * (x1 - x2), x2)
-    children = jnp.stack([c1, c2], axis=1).reshape(2 * n_pairs, dim)
-    return jnp.concatenate([children, x[2 * n_pairs:]]).astype(x.dtype)
+    index = jnp.arange(x.shape[0])
+    partner = _pair_partner(index, x.shape[0])
+    return _blend(key, x, x[partner], index, partner, alpha, cx_prob)
 
 
 def gaussian_mutation(key: jax.Array, x: jax.Array, sigma: jax.Array | float, mut_prob: jax.Array | float,
-                      ind_prob: jax.Array | float) -> jax.Array:
+                      ind_prob: jax.Array | float, index: jax.Array | None = None) -> jax.Array:
     """Each row with probability ``mut_prob``, each of its genes with probability ``ind_prob``:
-    + N(0, sigma²) (DEAP ``mutGaussian`` with mu = 0, applied as in ``varAnd``)."""
+    + N(0, sigma²) (DEAP ``mutGaussian`` with mu = 0, applied as in ``varAnd``). Row i draws from
+    ``fold_in(key, index[i])`` (default: its position)."""
     dim = x.shape[1]
-    u = jax.random.uniform(key, (x.shape[0], 2 * dim + 1), x.dtype)
+    index = jnp.arange(x.shape[0]) if index is None else index
+    u = _row_uniforms(key, index, 2 * dim + 1, x.dtype)
     genes = (u[:, :1] < mut_prob) & (u[:, 1:dim + 1] < ind_prob)
     return x + jnp.where(genes, sigma * _standard_normal(u[:, dim + 1:]), 0).astype(x.dtype)
 
@@ -209,10 +238,12 @@ def duplicate_rows(x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
 
 
 def _mutate_duplicates(key: jax.Array, x: jax.Array, duplicate: jax.Array, sigma: jax.Array | float,
-                       ind_prob: jax.Array | float, clip: Callable[[jax.Array], jax.Array]) -> jax.Array:
+                       ind_prob: jax.Array | float, clip: Callable[[jax.Array], jax.Array],
+                       index: jax.Array | None = None) -> jax.Array:
     """Move every duplicate row by a mutation that touches at least one gene (see module doc)."""
     dim = x.shape[1]
-    u = jax.random.uniform(key, (x.shape[0], 2 * dim + 1), x.dtype)
+    index = jnp.arange(x.shape[0]) if index is None else index
+    u = _row_uniforms(key, index, 2 * dim + 1, x.dtype)
     genes = u[:, :dim] < ind_prob
     forced = jnp.arange(dim) == jnp.minimum(jnp.floor(u[:, dim:dim + 1] * dim).astype(jnp.int32), dim - 1)
     genes = genes | (forced & ~jnp.any(genes, axis=1, keepdims=True))
@@ -220,6 +251,22 @@ def _mutate_duplicates(key: jax.Array, x: jax.Array, duplicate: jax.Array, sigma
     forward = clip(x + step)
     moved = jnp.any(forward != x, axis=1, keepdims=True)
     return jnp.where(duplicate[:, None], jnp.where(moved, forward, clip(x - step)), x)
+
+
+def _duplicates_over_shards(x: jax.Array, valid: jax.Array, rows: Rows) -> jax.Array:
+    """:func:`duplicate_rows` of a sharded population, for this shard's rows: the (J, 2) hashes
+    are gathered and sorted on every shard, and each row is compared exactly with the row that
+    sorts before it, fetched by :meth:`Rows.take` (a ring, not a gather of the population)."""
+    h1, h2 = _row_hashes(x)
+    h1, h2, valid_all = rows.gather(h1), rows.gather(h2), rows.gather(valid.astype(jnp.int32)) > 0
+    n = rows.total_rows
+    index = jnp.arange(n, dtype=jnp.int32)
+    order = jax.lax.sort((h1, h2, (~valid_all).astype(jnp.int32), index), num_keys=4)[-1]
+    position = jnp.zeros(n, jnp.int32).at[order].set(index)
+    mine = rows.indices()
+    before = order[jnp.maximum(position[mine] - 1, 0)]
+    previous = rows.take(x, before)
+    return ((position[mine] > 0) & jnp.all(previous == x, axis=1) & valid & valid_all[before])
 
 
 # --------------------------------------------------------------------------- the optimizer
@@ -253,13 +300,18 @@ class GeneticAlgorithm(Optimizer):
 
     name = "GeneticAlgorithm"
     Params = GeneticAlgorithmParams
+    sharded_fields = ("offspring",)  # a shard breeds and keeps its own rows (parallel.MPI())
 
     def __init__(self, space: Space | Optimizee, pop_size: int = 50, *, tourn_size: int = 3,
-                 hall_of_fame_size: int = 20, n_objectives: int | None = None):
+                 hall_of_fame_size: int = 20, n_objectives: int | None = None, rows: Rows | None = None):
         super().__init__(space, pop_size)
         if self.pop_size < 2:
             raise ValueError(f"{self.name}: pop_size must be at least 2 (offspring are mated in pairs), "
                              f"got {pop_size}")
+        if rows is not None and (rows.total_rows != self.pop_size or rows.count < 1):
+            raise ValueError(f"rows {rows.start}..{rows.start + rows.count} of {rows.total_rows} do not shard a "
+                             f"population of {self.pop_size} (every shard needs at least one row)")
+        self.rows = None if rows is None or rows.whole else rows
         self.tourn_size = check_positive_int(tourn_size, "tourn_size")
         self.hall_of_fame_size = check_positive_int(hall_of_fame_size, "hall_of_fame_size")
         if n_objectives is None:
@@ -272,10 +324,15 @@ class GeneticAlgorithm(Optimizer):
         check_range(params, "mate_par", 0.0, float("inf"), owner=self.name)
         check_range(params, "mut_par", 0.0, float("inf"), owner=self.name)
 
+    @property
+    def _rows(self) -> Rows:
+        return everything(self.pop_size) if self.rows is None else self.rows
+
     def _init(self, key: jax.Array, x0: jax.Array, params: GeneticAlgorithmParams) -> GeneticAlgorithmState:
         k_pop, k_state = jax.random.split(key)
-        population = jax.vmap(self.space.sample)(jax.random.split(k_pop, self.pop_size))
-        population = self.space.clip(population.astype(x0.dtype)).at[0].set(x0)
+        rows = self._rows  # a shard draws only its own rows, each from its global index
+        population = self.space.clip(jax.vmap(self.space.sample)(rows.keys(k_pop)).astype(x0.dtype))
+        population = jnp.where((rows.indices() == 0)[:, None], x0[None], population)
         return GeneticAlgorithmState(
             offspring=population,
             hof_x=jnp.zeros((self.hall_of_fame_size, x0.shape[0]), x0.dtype),
@@ -298,15 +355,31 @@ class GeneticAlgorithm(Optimizer):
         weighted = jnp.where(valid[:, None], evaluation.weighted.astype(inner.hof_weighted.dtype), -jnp.inf)
 
         key, k_select, k_mate, k_mutate, k_duplicate = jax.random.split(inner.key, 5)
-        parents = population[tournament_selection(k_select, weighted, self.pop_size, self.tourn_size)]
+        rows, n = self._rows, self.pop_size
+        index = rows.indices()
+        # selection on every shard alike, from the (J, n_obj) weighted fitness of all rows
+        parent = tournament_selection(k_select, rows.gather(weighted), n, self.tourn_size)
+        partner = _pair_partner(index, n)
+        if rows.whole:
+            parents, mates = population[parent], population[parent[partner]]
+        else:  # this shard's parents and their mates' parents, wherever they live
+            both = rows.take(population, jnp.concatenate([parent[index], parent[partner]]))
+            parents, mates = both[:rows.count], both[rows.count:]
         clip = self.space.clip
-        offspring = clip(blend_crossover(k_mate, parents, params.mate_par, params.cx_prob))
-        offspring = clip(gaussian_mutation(k_mutate, offspring, params.mut_par, params.mut_prob, params.ind_prob))
-        duplicate = duplicate_rows(offspring)
-        offspring = _mutate_duplicates(k_duplicate, offspring, duplicate, params.mut_par, params.ind_prob, clip)
+        offspring = clip(_blend(k_mate, parents, mates, index, partner, params.mate_par, params.cx_prob))
+        offspring = clip(gaussian_mutation(k_mutate, offspring, params.mut_par, params.mut_prob, params.ind_prob,
+                                           index))
+        duplicate = (duplicate_rows(offspring) if rows.whole else
+                     _duplicates_over_shards(offspring, jnp.ones(rows.count, bool), rows))
+        offspring = _mutate_duplicates(k_duplicate, offspring, duplicate, params.mut_par, params.ind_prob, clip,
+                                       index)
 
-        hof_x, hof_weighted = _update_hall_of_fame(inner.hof_x, inner.hof_weighted, population, weighted)
-        return GeneticAlgorithmState(offspring, hof_x, hof_weighted, jnp.sum(duplicate, dtype=jnp.int32), key)
+        if rows.whole:
+            hof_x, hof_weighted = _update_hall_of_fame(inner.hof_x, inner.hof_weighted, population, weighted)
+        else:
+            hof_x, hof_weighted = _merge_hall_of_fame(inner.hof_x, inner.hof_weighted, population, weighted, rows)
+        n_duplicates = rows.total(jnp.sum(duplicate, dtype=jnp.int32))
+        return GeneticAlgorithmState(offspring, hof_x, hof_weighted, n_duplicates, key)
 
     def hall_of_fame(self, state: OptState) -> tuple[PyTree, jax.Array]:
         """(individuals, weighted fitness): the best distinct individuals ever seen, best first.
@@ -340,3 +413,28 @@ def _update_hall_of_fame(hof_x: jax.Array, hof_weighted: jax.Array, population: 
     top_w = w[top]
     filled = jnp.all(jnp.isfinite(top_w), axis=1, keepdims=True)
     return jnp.where(filled, x[top], 0).astype(hof_x.dtype), top_w
+
+
+def _merge_hall_of_fame(hof_x: jax.Array, hof_weighted: jax.Array, population: jax.Array, weighted: jax.Array,
+                        rows: Rows) -> tuple[jax.Array, jax.Array]:
+    """:func:`_update_hall_of_fame` of a sharded population, the same on every shard.
+
+    Each shard proposes its k best eligible rows (valid, not a copy of a hall-of-fame member nor
+    of an earlier row of any shard); only these k·n_shards rows are gathered. Every row of the
+    whole update's hall of fame is among its shard's k best, and the proposals come in row order
+    (shard by shard, stably sorted), so ties resolve as in the whole population.
+    """
+    k = hof_x.shape[0]
+    valid = jnp.all(jnp.isfinite(weighted), axis=1)
+    copy_of_earlier = _duplicates_over_shards(population, valid, rows)
+    known = duplicate_rows(jnp.concatenate([hof_x, population]),
+                           jnp.concatenate([jnp.all(jnp.isfinite(hof_weighted), axis=1), valid]))[k:]
+    eligible = valid & ~copy_of_earlier & ~known
+    pad = max(k - rows.count, 0)
+    x = jnp.concatenate([population, jnp.zeros((pad, population.shape[1]), population.dtype)])
+    w = jnp.concatenate([jnp.where(eligible[:, None], weighted, -jnp.inf),
+                         jnp.full((pad, weighted.shape[1]), -jnp.inf, weighted.dtype)])
+    top = lexicographic_order(w)[:k]
+    proposals_x = rows.gather_blocks(x[top]).reshape(-1, x.shape[1])
+    proposals_w = rows.gather_blocks(w[top]).reshape(-1, w.shape[1])
+    return _update_hall_of_fame(hof_x, hof_weighted, proposals_x, proposals_w)

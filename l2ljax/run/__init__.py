@@ -126,6 +126,8 @@ def run(
     if resume and directory is None:
         raise ValueError("resume=True needs the directory of the run to resume")
     callbacks, level, parallel = _as_list(callbacks), record_level(keep_population, summary), coordinator(parallel)
+    if not optimizee.jittable and hasattr(parallel, "without_state_sharding"):
+        parallel = parallel.without_state_sharding()  # a host simulator's rows go through numpy: keep them whole
     k_init, run_key = jax.random.split(as_key(key))
     mine = parallel.shard(optimizer)  # the optimizer this process runs (its rows of a sharded population)
     state = mine.init(k_init, params, x0) if state is None else parallel.own_rows(optimizer, state)
@@ -140,7 +142,8 @@ def run(
                                 stop_criterion, parallel)
         callbacks += [ProgressBar(n_generations)] if progress and parallel.is_writer else []
         resumed = rundir.state is not whole
-        state = parallel.place(parallel.own_rows(optimizer, rundir.state) if resumed else state)
+        state = parallel.place(parallel.own_rows(optimizer, rundir.state) if resumed else
+                               parallel.own_rows(optimizer, state) if hasattr(parallel, "program_optimizer") else state)
         run_key = rundir.run_key
         program.check_traces(state, run_key)
         stopped = program.criterion_met(state) and rundir.generation > 0

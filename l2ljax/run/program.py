@@ -90,8 +90,13 @@ def scan_chunk(optimizer: Optimizer, optimizee: Optimizee, level: str, stops: bo
     """Jitted ``lax.scan`` over ``length`` generations of which the first ``n_steps`` run; with
     ``stops``, generations after ``best_score >= threshold`` are skipped too. The threshold and
     ``n_steps`` are arguments, so other stop criteria and a shorter last chunk reuse the program."""
-    step = make_step(optimizer, optimizee, keep_population=level == "population", summary=level == "summary",
-                     parallel=parallel)
+    # A mesh that splits the population-sized state runs the whole chunk as one shard_map, each
+    # device on its rows (parallel.Devices / Distributed); elsewhere these are the identity.
+    program_optimizer = getattr(parallel, "program_optimizer", lambda opt: opt)(optimizer)
+    sharded = program_optimizer is not optimizer
+    any_shard = parallel.any_within if sharded else parallel.any_traced
+    step = make_step(program_optimizer, optimizee, keep_population=level == "population",
+                     summary=level == "summary", parallel=parallel)
 
     def chunk(state: OptState, run_key: jax.Array, threshold: jax.Array, n_steps: jax.Array, length: int
               ) -> tuple[OptState, Record, jax.Array]:
@@ -104,13 +109,13 @@ def scan_chunk(optimizer: Optimizer, optimizee: Optimizee, level: str, stops: bo
             new_state, record = jax.lax.cond(stopped, lambda s: (s, blank), lambda s: step(s, run_key), state)
             active = ~stopped
             if stops:
-                stopped = stopped | parallel.any_traced(new_state.best_score >= threshold)
+                stopped = stopped | any_shard(new_state.best_score >= threshold)
             return (new_state, stopped), (record, active)
 
         (state, _), (records, active) = jax.lax.scan(body, (state, jnp.array(False)), jnp.arange(length))
         return state, records, active
 
-    return jax.jit(chunk, static_argnums=4)
+    return jax.jit(parallel.wrap_chunk(optimizer, chunk) if sharded else chunk, static_argnums=4)
 
 
 def host_chunk(optimizer: Optimizer, optimizee: Optimizee, level: str, stops: bool, parallel: Coordinator) -> Chunk:

@@ -9,7 +9,8 @@ a later change of numbers must be a documented change. Re-recorded since: EnKF-s
 member's perturbations drawn from its own row key, so that a sharded ensemble draws the same
 numbers; issue #14), SA and SA-linear_additive (each chain's proposal noise from its own row key,
 so that chains split over ranks draw the same numbers; issue #14), PT (likewise, and chains
-split over ranks; issue #14).
+split over ranks; issue #14), GA (each offspring's crossover, mutation and duplicate draws from
+its own row or pair key, so that offspring bred on several ranks draw the same numbers; issue #14).
 """
 
 import sys
