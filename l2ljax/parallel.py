@@ -364,15 +364,16 @@ class _MeshSharded:
         return _map_sharded(optimizer, state, split)
 
     def whole_state(self, optimizer: Any, state: PyTree, *, everywhere: bool = False) -> PyTree:
-        """The row-sharded fields gathered to every process (host-side, for checkpoints and the result)."""
+        """The row-sharded fields gathered to every process: numpy arrays on the host for a
+        checkpoint (never the whole population on one device), ``jax.Array`` s for the result
+        (``everywhere``)."""
         if not self._shards(optimizer):
             return state
         from jax.experimental import multihost_utils
 
-        def join(x: jax.Array) -> jax.Array:
-            if x.is_fully_addressable:
-                return jnp.asarray(np.asarray(x))
-            return jnp.asarray(multihost_utils.process_allgather(x, tiled=True))
+        def join(x: jax.Array) -> Any:
+            whole = np.asarray(x) if x.is_fully_addressable else multihost_utils.process_allgather(x, tiled=True)
+            return jnp.asarray(whole) if everywhere else np.asarray(whole)
 
         return _map_sharded(optimizer, state, join)
 
@@ -423,8 +424,9 @@ class Devices(_MeshSharded, SingleProcess):
         Only ``compute`` is split (a ``shard_map``); its results are gathered inside it and the
         rows going in and the results coming out are pinned as replicated. Left to propagate, the
         split spread from the evaluation into the optimizer's update, whose all-reduces then
-        deadlocked XLA's CPU devices (EnKF sequential mode); the update runs whole on every
-        device, as on every MPI rank.
+        deadlocked XLA's CPU devices (EnKF sequential mode). A state kept whole (``shard_state=False``,
+        or an optimizer that cannot be split) is then updated whole on every device, as on every
+        MPI rank; a split one is updated shard by shard inside the sharded chunk (:class:`_MeshSharded`).
         """
         n = jax.tree_util.tree_leaves(rows)[0].shape[0]
         replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -857,8 +859,12 @@ class Distributed(_Ranks, Devices):
     shard_state: population-sized state (EnKF ensemble, SA/PT chains, GA offspring) split by rows
     over the job's devices, as under ``MPI()``, when their count divides the population (a
     row-sharded global array must split evenly; otherwise it stays whole, as with False; so do
-    ETKI, TEKI and ``form="ensemble"``, whose J × J systems couple every member). The initial
-    state is drawn whole on every process and then split; checkpoints are whole.
+    ETKI, TEKI and ``form="ensemble"``, whose J × J systems couple every member, see
+    ``EnsembleKalmanFilter.shardable``). The initial state is drawn whole on every process and then
+    split; checkpoints are whole. Callbacks get the split state as global arrays: jnp reductions
+    (``opt.mean_flat(state)``) work when every process calls them, but ``np.asarray`` of a split
+    field does not (each process holds only its rows); a callback that needs the whole population
+    on the host calls ``scheme.whole_state(opt, state)`` on every process.
 
     Unlike ``MPI``: there is no watchdog: a process that hangs or dies outside l2ljax's checks is
     noticed by JAX's coordination service after ``heartbeat_timeout_seconds`` (default 100 s).

@@ -147,8 +147,8 @@ class Rows:
         (any length: e.g. two per own row, a row and its partner).
 
         Sharded, every block travels once around a ring of shards (n − 1 shifts of ⌈J/n⌉ rows): the
-        bytes of an all-gather, the memory of two blocks. Meant for states that move between
-        members, not for reading the whole population."""
+        bytes of an all-gather, but only one travelling block held beside the output. Meant for
+        states that move between members, not for reading the whole population."""
         if self.engine is None:
             return x[source]
         n, per_shard = self.n_shards, -(-self.total_rows // self.n_shards)

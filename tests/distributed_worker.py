@@ -77,15 +77,18 @@ class Problems:
     def host_run(self, parallel=None, n_generations=3, **options) -> l2ljax.RunResult:
         return l2ljax.run(self.host_ce, self.host, jax.random.key(2), n_generations, parallel=parallel, **options)
 
-    def sharded_runs(self, parallel=None, **options) -> dict[str, l2ljax.RunResult]:
+    def sharded_runs(self, parallel=None, n_generations=6, directory=None, **options) -> dict[str, l2ljax.RunResult]:
         """30 rows, which 2 and 3 processes divide: the state itself is split (stochastic EKI with
         additive inflation and an averaged mean; the GA's offspring and hall of fame)."""
-        enkf = l2ljax.EnsembleKalmanFilter(self.kalman, pop_size=30, stochastic=True)
+        enkf = l2ljax.EnsembleKalmanFilter(self.kalman, pop_size=30, stochastic=True, form="observation")
         params = enkf.default_params.replace(additive_inflation=0.1, average_decay=0.5)
         ga = l2ljax.GeneticAlgorithm(self.noisy, pop_size=30, hall_of_fame_size=5)
-        return {"enkf30": l2ljax.run(enkf, self.kalman, jax.random.key(3), 6, params=params, parallel=parallel,
-                                     chunk_size=3, **options),
-                "ga30": l2ljax.run(ga, self.noisy, jax.random.key(4), 8, parallel=parallel, chunk_size=4, **options)}
+        where = {} if directory is None else {"enkf30": {"directory": directory / "enkf"},
+                                              "ga30": {"directory": directory / "ga"}}
+        return {"enkf30": l2ljax.run(enkf, self.kalman, jax.random.key(3), n_generations, params=params,
+                                     parallel=parallel, chunk_size=2, **where.get("enkf30", {}), **options),
+                "ga30": l2ljax.run(ga, self.noisy, jax.random.key(4), n_generations, parallel=parallel, chunk_size=2,
+                                   **where.get("ga30", {}), **options)}
 
 
 def numbers(evaluated: np.ndarray, ce: l2ljax.RunResult | None, enkf: l2ljax.RunResult | None,
@@ -108,10 +111,25 @@ def numbers(evaluated: np.ndarray, ce: l2ljax.RunResult | None, enkf: l2ljax.Run
     return out
 
 
+def resume_stage(scheme: parallel.Distributed, problems: "Problems", out: Path, stage: str, run_dir: Path) -> None:
+    """``--resume-start DIR``: 4 generations of the sharded runs into DIR; ``--resume-finish DIR``
+    (on another number of processes): continue them to 8."""
+    generations = 4 if stage == "--resume-start" else 8
+    runs = problems.sharded_runs(scheme, n_generations=generations, directory=run_dir,
+                                 resume=stage == "--resume-finish")
+    np.savez(out / f"{stage[2:]}{scheme.rank}.npz",
+             **{k: v for k, v in numbers(np.zeros(1), None, None, None, runs).items() if k != "evaluated"})
+    (out / f"{stage[2:]}{scheme.rank}.json").write_text(json.dumps(
+        {"generations": [runs["enkf30"].generations, runs["ga30"].generations]}))
+
+
 def main(out: Path, checks: list[str]) -> None:
     started = time.perf_counter()
     scheme = parallel.Distributed()
     rank, problems = scheme.rank, Problems()
+    if checks and checks[0] in ("--resume-start", "--resume-finish"):
+        resume_stage(scheme, problems, out, checks[0], Path(checks[1]))
+        return
     cpu = {"start": time.process_time()}
     report: dict = {"rank": rank, "processes": scheme.n_ranks, "shards": scheme.n_shards, "writer": scheme.is_writer,
                     "reused": parallel.Distributed() == scheme, "repr": repr(scheme), "auto": parallel.auto_choice()}

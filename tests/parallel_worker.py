@@ -49,12 +49,15 @@ def main(mode: str, out: Path) -> None:
         rastrigin = l2ljax.function_optimizee("rastrigin", dim=3)
         report["state_split"] = {}
         for name, opt, of in (
-                ("EnKF", l2ljax.EnsembleKalmanFilter(kalman, pop_size=30, stochastic=True), lambda s: s.ensemble),
+                ("EnKF", l2ljax.EnsembleKalmanFilter(kalman, pop_size=30, stochastic=True, form="observation"),
+                 lambda s: s.ensemble),
                 ("GA", l2ljax.GeneticAlgorithm(rastrigin, pop_size=30, hall_of_fame_size=5), lambda s: s.offspring),
                 ("SA", l2ljax.SimulatedAnnealing(rastrigin, n_parallel_runs=30), lambda s: s.x),
                 ("PT", l2ljax.ParallelTempering(rastrigin, n_parallel_runs=30), lambda s: s.chains.x),
-                ("GA31", l2ljax.GeneticAlgorithm(rastrigin, pop_size=31), lambda s: s.offspring)):
-            problem = kalman if name == "EnKF" else rastrigin
+                ("GA31", l2ljax.GeneticAlgorithm(rastrigin, pop_size=31), lambda s: s.offspring),
+                # batch EKI with form="auto" might pick the ensemble form, which a split cannot run
+                ("EnKFauto", l2ljax.EnsembleKalmanFilter(kalman, pop_size=30), lambda s: s.ensemble)):
+            problem = kalman if name.startswith("EnKF") else rastrigin
             one = l2ljax.run(opt, problem, jax.random.key(6), 8)
             held: list = []
             split = l2ljax.run(opt, problem, jax.random.key(6), 8, parallel=scheme, chunk_size=4,

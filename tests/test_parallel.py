@@ -94,13 +94,15 @@ def test_two_devices_give_the_numbers_of_one(device_reports):
 
 def test_population_state_split_over_devices_gives_the_numbers_of_one(device_reports):
     """EnKF ensemble, GA offspring, SA and PT chains held 15 rows per device between chunks; 31
-    rows, which 2 devices cannot split evenly, stay whole on each."""
+    rows, which 2 devices cannot split evenly, and a batch EnKF whose form is left to "auto"
+    (the ensemble form cannot be split) stay whole on each."""
     split = device_reports[0]["state_split"]
-    assert sorted(split) == ["EnKF", "GA", "GA31", "PT", "SA"]
+    assert sorted(split) == ["EnKF", "EnKFauto", "GA", "GA31", "PT", "SA"]
+    whole = {"GA31": 31, "EnKFauto": 30}
     for name, got in split.items():
         assert got["state"] < 1e-4 and got["score"] < 1e-5, (name, got)
-        rows = 31 if name == "GA31" else 15
-        assert got["rows_per_device"] == [rows] and got["whole_after"] == rows * (1 if rows == 31 else 2), (name, got)
+        rows = whole.get(name, 15)
+        assert got["rows_per_device"] == [rows] and got["whole_after"] == (rows if name in whole else 30), (name, got)
 
 
 @pytest.fixture(scope="module")
@@ -396,6 +398,34 @@ def check_numbers_of_one_process(report: dict, one: dict) -> None:
             assert max_difference(split[name], one[name]) < 1e-4, name
         for name in ("ga30_offspring", "ga30_hof", "ga30_score"):
             assert max_difference(split[name], one[name]) < 1e-5, name
+
+
+def test_a_sharded_distributed_run_resumes_on_another_number_of_processes(tmp_path):
+    """The EnKF ensemble and GA offspring split over 2 processes, checkpointed whole, continued on 3:
+    the numbers of 8 generations in one process."""
+    from distributed_worker import Problems, numbers
+
+    run_dir = tmp_path / "run"
+    distributed_stage(tmp_path, 2, "--resume-start", str(run_dir))
+    distributed_stage(tmp_path, 3, "--resume-finish", str(run_dir))
+    one = numbers(np.zeros(1), None, None, None, Problems().sharded_runs(n_generations=8))
+    for stage, processes, generations in (("resume-start", 2, 4), ("resume-finish", 3, 8)):
+        for rank in range(processes):
+            assert json.loads((tmp_path / f"{stage}{rank}.json").read_text())["generations"] == [generations] * 2
+    for rank in range(3):
+        split = np.load(tmp_path / f"resume-finish{rank}.npz")
+        for name in ("enkf30_ensemble", "enkf30_average", "ga30_offspring", "ga30_hof"):
+            assert max_difference(split[name], one[name]) < 1e-4, (rank, name)
+
+
+def distributed_stage(out: Path, n_processes: int, *flags: str) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    processes = [subprocess.Popen([sys.executable, str(DISTRIBUTED_WORKER), str(out), *flags],
+                                  env=subprocess_env(L2LJAX_COORDINATOR=address, L2LJAX_NUM_PROCESSES=str(n_processes),
+                                                     L2LJAX_PROCESS_ID=str(i)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(n_processes)]
+    finished(processes, timeout=400)
 
 
 @pytest.mark.parametrize("n", [2, 3])

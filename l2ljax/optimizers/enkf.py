@@ -184,8 +184,19 @@ class EnsembleKalmanFilter(Optimizer):
 
     @property
     def shardable(self) -> bool:
-        """ETKI, TEKI and the ensemble form couple every member (J × J systems): never sharded."""
-        return isinstance(self.process, kalman.Inversion) and self.form != "ensemble"
+        """Whether a mesh engine (``parallel.Devices``/``Distributed``) may split the ensemble.
+
+        ETKI, TEKI and the ensemble form couple every member (J × J systems): never. A sharded
+        EKI update is the observation form (M × P cross-covariance, M × M solve), so ``form="auto"``
+        is split only where it would pick that form anyway: with a localizer, or sample-sequential
+        with J ≥ K outputs per sample. Batch EKI with ``form="auto"`` (M known only from the
+        optimizee) stays whole; pass ``form="observation"`` to split it.
+        """
+        if not isinstance(self.process, kalman.Inversion) or self.form == "ensemble":
+            return False
+        if self.form == "observation" or self.localizer is not None:
+            return True
+        return self.sequential and self.pop_size >= self.outputs_per_sample
 
     @property
     def default_params(self) -> EnsembleKalmanParams:

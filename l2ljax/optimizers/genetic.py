@@ -56,7 +56,8 @@ mates are fetched across shards by :meth:`l2ljax.rows.Rows.take`, duplicates are
 gathered row hashes and an exact comparison with the row that sorts before, and the hall of fame
 is merged from each shard's k best. Per generation a shard receives three ring passes of the
 population (parents and mates; the offspring's predecessors; the told rows' predecessors), each
-the J × dim values of one all-gather but never more than two blocks in memory.
+the J × dim values of one all-gather, with only one travelling block of J / n rows held beside
+the shard's own rows.
 
 Several parameter sets per individual (L2L ``MultiGeneticAlgorithmOptimizer``,
 ``n_inner_params``): give the optimizee a template whose leaves have a leading axis
@@ -421,8 +422,9 @@ def _merge_hall_of_fame(hof_x: jax.Array, hof_weighted: jax.Array, population: j
 
     Each shard proposes its k best eligible rows (valid, not a copy of a hall-of-fame member nor
     of an earlier row of any shard); only these k·n_shards rows are gathered. Every row of the
-    whole update's hall of fame is among its shard's k best, and the proposals come in row order
-    (shard by shard, stably sorted), so ties resolve as in the whole population.
+    whole update's hall of fame is among its shard's k best. The proposals come shard by shard,
+    each shard's by fitness (a stable sort), so the merge's stable sort breaks ties by row index,
+    as in the whole population.
     """
     k = hof_x.shape[0]
     valid = jnp.all(jnp.isfinite(weighted), axis=1)
