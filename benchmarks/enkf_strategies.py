@@ -6,7 +6,8 @@ Every variant trains the LOD CNN with J members (same initial ensemble, same dat
 the real optimizer (``EnsembleKalmanFilter`` + ``mnist_optimizee``, the step ``l2ljax.run``
 executes). Variants advance in turns of ``--chunk`` iterations (round robin), so a shared
 machine's load hits all of them alike; each variant's clock counts only its own chunks. After
-every chunk the ensemble mean's accuracy on the test images is recorded (outside the clock).
+every chunk the ensemble mean's accuracy on the test images is recorded (outside the clock): the
+averaged mean (``EnsembleKalmanFilter.averaged_mean_flat``) for variants with ``average`` > 0.
 One iteration is one ensemble forward pass on a batch for every variant (J·B member-image
 evaluations), so equal iterations are equal forward passes. ``--wall-budget NAME`` stops
 every other variant once its own clock passes NAME's total (the "no more wall time" rule).
@@ -36,7 +37,8 @@ from l2ljax.run import make_step
 
 TODAY = {"repetitions": 8, "mode": "sequential", "gamma": 0.01, "step": 1.0, "localizer": "none",
          "additive": 0.0, "additive_cov": "prior", "accelerator": "none", "scheduler": "fixed",
-         "process": "eki", "stochastic": 0, "inflation": 1.0, "batch": 0}
+         "process": "eki", "stochastic": 0, "inflation": 1.0, "batch": 0, "average": 0.0,
+         "antithetic": 0}
 PRESETS = {
     "today": {},
     "rep1": {"repetitions": 1},
@@ -50,6 +52,9 @@ PRESETS = {
     "rep1_etki": {"repetitions": 1, "mode": "batch", "process": "etki"},
     "rep1_teki": {"repetitions": 1, "mode": "batch", "process": "teki"},
     "rep1_dmc": {"repetitions": 1, "mode": "batch", "scheduler": "dmc"},
+    # l2ljax mnist-enkf's defaults since 2026-12-03: a weaker fit per batch, more additive noise,
+    # the averaged ensemble mean tested
+    "default": {"repetitions": 1, "gamma": 0.1, "additive": 0.06, "additive_cov": "ensemble", "average": 0.9},
 }
 LOCALIZERS = {"none": None, "secnice": kalman.SECNice(), "sec": kalman.SEC(), "secfisher": kalman.SECFisher(),
               "dropout": kalman.BernoulliDropout()}
@@ -84,10 +89,11 @@ class Variant:
             problem, pop_size=args.members, sequential=config["mode"] == "sequential", outputs_per_sample=10,
             stochastic=bool(config["stochastic"]), process=processes[config["process"]], scheduler=scheduler,
             accelerator=ACCELERATORS[config["accelerator"]], localizer=LOCALIZERS[config["localizer"]],
-            additive_cov=config["additive_cov"])
+            additive_cov=config["additive_cov"],
+            additive_noise="antithetic" if config["antithetic"] else "independent")
         params = self.opt.default_params.replace(gamma=config["gamma"], step_size=config["step"],
                                                  additive_inflation=config["additive"],
-                                                 inflation=config["inflation"])
+                                                 inflation=config["inflation"], average_decay=config["average"])
         self.state = self.opt.init(jax.random.key(args.seed), params)
         self.step = jax.jit(make_step(self.opt, problem, keep_population=False, summary=True))
         self.run_key = jax.random.key(args.seed + 1)
@@ -165,7 +171,7 @@ def main() -> None:
                     v.iterations = args.iterations  # stopped by the wall-time rule
                 continue
             v.advance(min(args.chunk, args.iterations - v.iterations))
-            acc = accuracy(forward, v.opt.mean_flat(v.state), test_images, test_labels)
+            acc = accuracy(forward, v.opt.averaged_mean_flat(v.state), test_images, test_labels)
             v.curve.append([int(v.state.generation), acc, v.seconds])
             print(f"{v.name:>16} it {int(v.state.generation):4d}  test {100 * acc:6.2f} %  {v.seconds:7.1f} s  "
                   f"spread {float(kalman.ensemble_spread(v.state.inner.ensemble)):.4g}  "

@@ -348,7 +348,7 @@ def enkf_strategies(args: argparse.Namespace) -> dict:
                   "dropout": kalman.BernoulliDropout()}
     return {"process": processes[args.process], "scheduler": schedulers[args.scheduler],
             "accelerator": accelerators[args.accelerator], "localizer": localizers[args.localizer],
-            "additive_cov": args.additive_cov}
+            "additive_cov": args.additive_cov, "additive_noise": args.additive_noise}
 
 
 def strategy_label(args: argparse.Namespace) -> str:
@@ -361,7 +361,8 @@ def strategy_label(args: argparse.Namespace) -> str:
     if args.localizer != "none":
         parts.append(args.localizer)
     if args.additive_inflation:
-        parts.append(f"additive {args.additive_inflation:g} ({args.additive_cov})")
+        paired = ", antithetic" if args.additive_noise == "antithetic" else ""
+        parts.append(f"additive {args.additive_inflation:g} ({args.additive_cov}{paired})")
     if args.inflation != 1:
         parts.append(f"inflation {args.inflation:g}")
     if args.step_size != 1:
@@ -477,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default 0.06; --full: 0)")
     enkf.add_argument("--additive-cov", choices=["prior", "ensemble"], default="ensemble",
                       help="Sigma of the additive inflation: initial or current per-weight variance")
+    enkf.add_argument("--additive-noise", choices=["independent", "antithetic"], default="independent",
+                      help="antithetic: members j and j + J/2 get opposite draws (the noise leaves the mean "
+                           "in place; half the draws)")
     enkf.add_argument("--inflation", type=float, default=1.0, help="multiplicative inflation of the anomalies, > 0")
     enkf.add_argument("--average-decay", type=float, default=None,
                       help="beta in [0, 1): test the exponential moving average of the ensemble means of all "

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import l2ljax
 from l2ljax import kalman
 
 
@@ -310,6 +311,42 @@ def test_additive_inflation_statistics():
     np.testing.assert_allclose(V.var(0), (0.1 / 0.9) * np.array([1.0, 4.0, 0.25]), rtol=0.08)
     with pytest.raises(kalman.StrategyError, match="scale·step_size < 1"):
         kalman.additive_inflation(KEY, U, 1.0)
+
+
+class _NoCollectives:
+    """A shard's engine for code that must not need one (the noise is drawn per row)."""
+
+    n_shards = 3
+
+
+@pytest.mark.parametrize("J", [4000, 4001])
+def test_antithetic_additive_inflation_pairs_members_and_keeps_the_mean_in_place(J):
+    from l2ljax.rows import Rows, split
+
+    U = jnp.zeros((J, 3))  # V is then the noise itself, without rounding
+    std = jnp.asarray([1.0, 2.0, 0.5])
+    V = np.asarray(kalman.additive_inflation(KEY, U, 0.2, step_size=0.5, std=std, antithetic=True))
+    noise, H = V, J // 2
+    np.testing.assert_array_equal(noise[:H], -noise[H:2 * H])
+    np.testing.assert_allclose(noise[:2 * H].mean(0), 0.0, atol=1e-7)  # exactly, not only in expectation
+    np.testing.assert_allclose(V.var(0), (0.1 / 0.9) * np.array([1.0, 4.0, 0.25]), rtol=0.08)
+    independent = np.asarray(kalman.additive_inflation(KEY, U, 0.2, step_size=0.5, std=std))
+    # the first half's draws are the independent ones (to a rounding of the fused multiply)
+    np.testing.assert_allclose(V[:H], independent[:H], rtol=1e-6, atol=1e-7)
+    if J % 2:
+        np.testing.assert_allclose(V[-1], independent[-1], rtol=1e-6, atol=1e-7)  # an odd last member: its own draw
+    for shard in range(3):  # each shard draws its rows' numbers alone: the same numbers
+        start, count = split(J, 3, shard)
+        rows = Rows(J, start, count, engine=_NoCollectives())
+        part = kalman.additive_inflation(KEY, U[start:start + count], 0.2, step_size=0.5, std=std, rows=rows,
+                                         antithetic=True)
+        np.testing.assert_allclose(np.asarray(part), V[start:start + count], rtol=1e-6, atol=1e-7)
+
+
+def test_enkf_additive_noise_is_checked():
+    problem = l2ljax.function_optimizee("rastrigin", dim=3)
+    with pytest.raises(ValueError, match="additive_noise must be 'independent' or 'antithetic', got 'paired'"):
+        l2ljax.EnsembleKalmanFilter(problem, pop_size=10, additive_noise="paired")
 
 
 def test_nesterov_coefficients_match_the_recursions():

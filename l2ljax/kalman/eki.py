@@ -589,7 +589,8 @@ def _std(U: Array, rows: Rows) -> Array:
 
 
 def additive_inflation(key: Array, U: Array, scale: float | Array, *, step_size: float | Array = 1.0,
-                       std: float | Array | None = None, rows: Rows | None = None) -> Array:
+                       std: float | Array | None = None, rows: Rows | None = None,
+                       antithetic: bool = False) -> Array:
     r"""Additive inflation ``u_j ← u_j + ζ_j``, ``ζ_j ~ N(0, sh/(1 − sh) · Σ)``, Σ diagonal.
 
     EnsembleKalmanProcesses' additive inflation (its ``inflation.md``; Huang et al. 2022, eq. 41
@@ -602,6 +603,12 @@ def additive_inflation(key: Array, U: Array, scale: float | Array, *, step_size:
     subspace limit. The ensemble covariance grows by ``sh/(1−sh) Σ`` in expectation, the mean is
     unchanged in expectation. Requires ``0 ≤ sh < 1`` (checked when concrete; a traced sh is
     clipped to 0.999). Member j's noise is drawn from ``fold_in(key, j)`` (also on shards, ``rows``).
+
+    ``antithetic=True`` pairs the members (antithetic variates): with H = ⌊J/2⌋, member j < H gets
+    ζ_j and member j + H gets −ζ_j (an odd last member its own draw). Each member's noise has the
+    same law, but the noise's ensemble mean is exactly zero (J even), so the inflation no longer
+    moves the ensemble mean at random (a random walk of variance sh/(1−sh)·Σ/J per step
+    otherwise), and half the normals are drawn.
     """
     U = jnp.asarray(U)
     scale, step_size = jnp.asarray(scale, U.dtype), jnp.asarray(step_size, U.dtype)
@@ -609,14 +616,29 @@ def additive_inflation(key: Array, U: Array, scale: float | Array, *, step_size:
     if is_concrete(sh) and not 0 <= float(sh) < 1:
         raise StrategyError(f"additive inflation needs 0 <= scale·step_size < 1, got {float(sh)}")
     return _additive(key, U, jnp.clip(sh, 0.0, 0.999), None if std is None else jnp.asarray(std, U.dtype),
-                     _rows(rows, U))
+                     _rows(rows, U), bool(antithetic))
 
 
-@partial(jax.jit, static_argnames="rows")
-def _additive(key: Array, U: Array, sh: Array, std: Array | None, rows: Rows) -> Array:
+@partial(jax.jit, static_argnames=("rows", "antithetic"))
+def _additive(key: Array, U: Array, sh: Array, std: Array | None, rows: Rows, antithetic: bool) -> Array:
     if std is None:
         std = _std(U, rows)
-    return U + jnp.sqrt(sh / (1 - sh)) * std * rows.normal(key, U.shape[1], U.dtype)
+    noise = _antithetic_normal(key, rows, U.shape[1], U.dtype) if antithetic else rows.normal(key, U.shape[1], U.dtype)
+    return U + jnp.sqrt(sh / (1 - sh)) * std * noise
+
+
+def _antithetic_normal(key: Array, rows: Rows, width: int, dtype: Any) -> Array:
+    """Row j < H = ⌊J/2⌋: z_j from ``fold_in(key, j)``; row j + H: −z_j; an odd last row: its own."""
+    half = rows.total_rows // 2
+    if rows.whole:  # draw each pair once
+        z = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(key, j), (width,), dtype))(jnp.arange(half))
+        last = [jax.random.normal(jax.random.fold_in(key, 2 * half), (1, width), dtype)] if rows.total_rows % 2 else []
+        return jnp.concatenate([z, -z, *last])
+    index = rows.indices()
+    paired = index < 2 * half
+    source = jnp.where(paired, index % jnp.maximum(half, 1), index)
+    sign = jnp.where(paired & (index >= half), -1.0, 1.0).astype(dtype)
+    return jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(key, j), (width,), dtype))(source) * sign[:, None]
 
 
 def ensemble_spread(U: Array, rows: Rows | None = None) -> Array:

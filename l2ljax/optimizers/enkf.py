@@ -19,7 +19,9 @@ or the Iglesias–Yang :class:`~l2ljax.kalman.DataMisfitController`, which termi
 (Nesterov variants: the forward map is evaluated at the extrapolated ensemble),
 ``localizer`` (SEC, SECNice, SECFisher, BernoulliDropout; EKI only) and additive inflation
 (``Params.additive_inflation`` = s, noise N(0, sh/(1−sh) Σ), Σ the diagonal of the initial
-ensemble's covariance, ``additive_cov='prior'``, or of the current one, ``'ensemble'``).
+ensemble's covariance, ``additive_cov='prior'``, or of the current one, ``'ensemble'``;
+``additive_noise='antithetic'`` gives members j and j + J/2 opposite draws: zero-mean noise, half
+the normals drawn).
 
 Hyperparameters: continuous ones are ``Params`` fields (vmappable, schedulable, checked at
 ``init``): ``gamma``, ``step_size``, ``inflation``, ``additive_inflation``, ``noise_cov`` (the
@@ -114,7 +116,7 @@ class EnsembleKalmanFilter(Optimizer):
                  noise_cov: Any = None, form: str = "auto", init_std: float | None = None,
                  step_schedule: Callable[[jax.Array], jax.Array] | None = None,
                  process: Any = None, scheduler: Any = None, accelerator: Any = None, localizer: Any = None,
-                 additive_cov: str = "prior", rows: Rows | None = None):
+                 additive_cov: str = "prior", additive_noise: str = "independent", rows: Rows | None = None):
         super().__init__(space, pop_size)
         if self.pop_size < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got pop_size={pop_size}")
@@ -147,6 +149,9 @@ class EnsembleKalmanFilter(Optimizer):
         if additive_cov not in ("prior", "ensemble"):
             raise ValueError(f"additive_cov must be 'prior' or 'ensemble', got {additive_cov!r}")
         self.additive_cov = additive_cov
+        if additive_noise not in ("independent", "antithetic"):
+            raise ValueError(f"additive_noise must be 'independent' or 'antithetic', got {additive_noise!r}")
+        self.additive_noise = additive_noise
         eki = isinstance(process, kalman.Inversion)
         if localizer is not None and not eki:
             raise kalman.StrategyError(f"localization applies to Inversion() only, not {type(process).__name__}: "
@@ -347,7 +352,8 @@ class EnsembleKalmanFilter(Optimizer):
         ensemble = jax.lax.cond(
             params.additive_inflation > 0,
             lambda U: kalman.additive_inflation(jax.random.fold_in(k_update, 7), U, params.additive_inflation,
-                                                step_size=h, std=inner.prior_std, rows=self.rows),
+                                                step_size=h, std=inner.prior_std, rows=self.rows,
+                                                antithetic=self.additive_noise == "antithetic"),
             lambda U: U, ensemble)
         ensemble = jnp.where(moves, self.space.clip(ensemble), population)
         # Polyak–Ruppert-style iterate averaging: an EMA of the plain ensemble means, only over updates done
@@ -425,4 +431,4 @@ class EnsembleKalmanFilter(Optimizer):
                 "process": type(self.process).__name__, "scheduler": type(self.scheduler).__name__,
                 "accelerator": type(self.accelerator).__name__,
                 "localizer": None if self.localizer is None else type(self.localizer).__name__,
-                "additive_cov": self.additive_cov}
+                "additive_cov": self.additive_cov, "additive_noise": self.additive_noise}
