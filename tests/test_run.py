@@ -315,3 +315,28 @@ def test_best_fitness_is_not_taken_from_a_trajectory_that_misses_the_best():
 def test_a_batch_of_keys_is_a_named_error():
     with pytest.raises(TypeError, match="one PRNG key"):
         l2ljax.run(optimizers()[2], PROBLEM, jax.random.split(jax.random.key(0), 3), 2)
+
+
+def test_a_paced_sub_chunk_keeps_only_the_records_of_the_generations_it_ran():
+    """A sub-chunk of 1 generation out of a 50-generation program hands back 1 row that owns its
+    memory: a view would keep the whole 50-row buffer (50 populations with keep_population)
+    alive until the next save, as many times as there are sub-chunks."""
+    from l2ljax.run import Program
+
+    problem = l2ljax.function_optimizee("rastrigin", dim=3)
+    opt = l2ljax.CrossEntropy(problem, pop_size=6)
+    program = Program.build(opt, problem, "population", 50, None, None)
+    state = opt.init(jax.random.key(0))
+    state, records, _ = program.advance(state, jax.random.key(1), 0, 100, steps=1)
+
+    def root(array: np.ndarray) -> np.ndarray:
+        while isinstance(array.base, np.ndarray):
+            array = array.base
+        return array
+
+    assert records["population"].shape == (1, 6, 3)
+    for name, value in records.items():
+        assert root(value).shape[0] == 1, name
+    whole, all_records, _ = program.advance(opt.init(jax.random.key(0)), jax.random.key(1), 0, 100, steps=50)
+    assert all_records["population"].shape == (50, 6, 3)
+    np.testing.assert_array_equal(all_records["population"][:1], records["population"])

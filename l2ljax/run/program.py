@@ -219,5 +219,8 @@ class Program:
         threshold = jnp.float32(np.inf if self.stop_criterion is None else self.stop_criterion)
         state, records, active = chunk(state, run_key, threshold, length, self.chunk_size)
         n_active = int(np.sum(active))
-        records = {name: np.asarray(value)[:n_active] for name, value in records.items()}
+        # Slice before copying: a numpy view of the rows run would keep the whole chunk_size-row
+        # buffer alive (with keep_population, chunk_size populations per paced sub-chunk).
+        records = {name: np.asarray(value if n_active == self.chunk_size else value[:n_active])
+                   for name, value in records.items()}
         return state, records, n_active < length or self.criterion_met(state)
