@@ -52,6 +52,11 @@ def split(total_rows: int, n_shards: int, shard: int) -> tuple[int, int]:
     return shard * base + min(shard, extra), base + (shard < extra)
 
 
+def normal_rows(key: Array, rows: Array, width: int, dtype: Any = jnp.float32) -> Array:
+    """(len(rows), width) standard normals, the one of global row j from ``fold_in(key, j)``."""
+    return jax.vmap(lambda row: jax.random.normal(jax.random.fold_in(key, row), (width,), dtype))(rows)
+
+
 @dataclasses.dataclass(frozen=True)
 class Rows:
     """This shard's rows ``[start, start + count)`` of a population of ``total_rows``.
@@ -127,7 +132,7 @@ class Rows:
 
     def normal(self, key: Array, width: int, dtype: Any = jnp.float32) -> Array:
         """(count, width) standard normals, row j drawn from ``fold_in(key, j)`` for its global j."""
-        return jax.vmap(lambda row: jax.random.normal(jax.random.fold_in(key, row), (width,), dtype))(self.indices())
+        return normal_rows(key, self.indices(), width, dtype)
 
     def gather(self, x: Array) -> Array:
         """Every shard's rows of ``x`` (leading axis ``count``) in row order: (total_rows, ...).

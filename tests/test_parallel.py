@@ -342,7 +342,7 @@ def finished(processes: list[subprocess.Popen], timeout: float) -> list[str]:
     return outputs
 
 
-def distributed_reports(out: Path, n_processes: int, *flags: str) -> list[dict]:
+def distributed_stage(out: Path, n_processes: int, *flags: str) -> None:
     """``distributed_worker.py`` as ``n_processes`` processes started here (no launcher, no MPI)."""
     address = f"127.0.0.1:{free_port()}"
     processes = [subprocess.Popen([sys.executable, str(DISTRIBUTED_WORKER), str(out), *flags],
@@ -351,6 +351,10 @@ def distributed_reports(out: Path, n_processes: int, *flags: str) -> list[dict]:
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for i in range(n_processes)]
     finished(processes, timeout=400)
+
+
+def distributed_reports(out: Path, n_processes: int, *flags: str) -> list[dict]:
+    distributed_stage(out, n_processes, *flags)
     return [worker_report(out, rank) for rank in range(n_processes)]
 
 
@@ -416,16 +420,6 @@ def test_a_sharded_distributed_run_resumes_on_another_number_of_processes(tmp_pa
         split = np.load(tmp_path / f"resume-finish{rank}.npz")
         for name in ("enkf30_ensemble", "enkf30_average", "ga30_offspring", "ga30_hof"):
             assert max_difference(split[name], one[name]) < 1e-4, (rank, name)
-
-
-def distributed_stage(out: Path, n_processes: int, *flags: str) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    processes = [subprocess.Popen([sys.executable, str(DISTRIBUTED_WORKER), str(out), *flags],
-                                  env=subprocess_env(L2LJAX_COORDINATOR=address, L2LJAX_NUM_PROCESSES=str(n_processes),
-                                                     L2LJAX_PROCESS_ID=str(i)),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for i in range(n_processes)]
-    finished(processes, timeout=400)
 
 
 @pytest.mark.parametrize("n", [2, 3])

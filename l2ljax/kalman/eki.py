@@ -119,7 +119,7 @@ from jax import lax
 from jax.scipy.linalg import cho_factor, cho_solve, solve_triangular
 
 from l2ljax.core import is_concrete
-from l2ljax.rows import Rows, everything
+from l2ljax.rows import Rows, everything, normal_rows
 
 Array = jax.Array
 Form = Literal["auto", "ensemble", "observation"]
@@ -631,14 +631,14 @@ def _antithetic_normal(key: Array, rows: Rows, width: int, dtype: Any) -> Array:
     """Row j < H = ⌊J/2⌋: z_j from ``fold_in(key, j)``; row j + H: −z_j; an odd last row: its own."""
     half = rows.total_rows // 2
     if rows.whole:  # draw each pair once
-        z = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(key, j), (width,), dtype))(jnp.arange(half))
-        last = [jax.random.normal(jax.random.fold_in(key, 2 * half), (1, width), dtype)] if rows.total_rows % 2 else []
+        z = normal_rows(key, jnp.arange(half), width, dtype)
+        last = [normal_rows(key, jnp.array([2 * half]), width, dtype)] if rows.total_rows % 2 else []
         return jnp.concatenate([z, -z, *last])
     index = rows.indices()
     paired = index < 2 * half
     source = jnp.where(paired, index % jnp.maximum(half, 1), index)
     sign = jnp.where(paired & (index >= half), -1.0, 1.0).astype(dtype)
-    return jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(key, j), (width,), dtype))(source) * sign[:, None]
+    return normal_rows(key, source, width, dtype) * sign[:, None]
 
 
 def ensemble_spread(U: Array, rows: Rows | None = None) -> Array:
