@@ -38,7 +38,7 @@ from l2ljax.run import make_step
 TODAY = {"repetitions": 8, "mode": "sequential", "gamma": 0.01, "step": 1.0, "localizer": "none",
          "additive": 0.0, "additive_cov": "prior", "accelerator": "none", "scheduler": "fixed",
          "process": "eki", "stochastic": 0, "inflation": 1.0, "batch": 0, "average": 0.0,
-         "antithetic": 0}
+         "antithetic": 0, "generator": "threefry"}
 PRESETS = {
     "today": {},
     "rep1": {"repetitions": 1},
@@ -52,9 +52,13 @@ PRESETS = {
     "rep1_etki": {"repetitions": 1, "mode": "batch", "process": "etki"},
     "rep1_teki": {"repetitions": 1, "mode": "batch", "process": "teki"},
     "rep1_dmc": {"repetitions": 1, "mode": "batch", "scheduler": "dmc"},
-    # l2ljax mnist-enkf's defaults since 2026-12-03: a weaker fit per batch, more additive noise,
+    # l2ljax mnist-enkf's defaults: a weaker fit per batch, more additive noise (hashed normals),
     # the averaged ensemble mean tested
-    "default": {"repetitions": 1, "gamma": 0.1, "additive": 0.06, "additive_cov": "ensemble", "average": 0.9},
+    "default": {"repetitions": 1, "gamma": 0.1, "additive": 0.06, "additive_cov": "ensemble", "average": 0.9,
+                "generator": "hash"},
+    # the same with jax.random's threefry normals (the default until the hash generator)
+    "default_threefry": {"repetitions": 1, "gamma": 0.1, "additive": 0.06, "additive_cov": "ensemble",
+                         "average": 0.9},
 }
 LOCALIZERS = {"none": None, "secnice": kalman.SECNice(), "sec": kalman.SEC(), "secfisher": kalman.SECFisher(),
               "dropout": kalman.BernoulliDropout()}
@@ -90,7 +94,8 @@ class Variant:
             stochastic=bool(config["stochastic"]), process=processes[config["process"]], scheduler=scheduler,
             accelerator=ACCELERATORS[config["accelerator"]], localizer=LOCALIZERS[config["localizer"]],
             additive_cov=config["additive_cov"],
-            additive_noise="antithetic" if config["antithetic"] else "independent")
+            additive_noise="antithetic" if config["antithetic"] else "independent",
+            additive_generator=config["generator"])
         params = self.opt.default_params.replace(gamma=config["gamma"], step_size=config["step"],
                                                  additive_inflation=config["additive"],
                                                  inflation=config["inflation"], average_decay=config["average"])

@@ -52,9 +52,48 @@ def split(total_rows: int, n_shards: int, shard: int) -> tuple[int, int]:
     return shard * base + min(shard, extra), base + (shard < extra)
 
 
-def normal_rows(key: Array, rows: Array, width: int, dtype: Any = jnp.float32) -> Array:
-    """(len(rows), width) standard normals, the one of global row j from ``fold_in(key, j)``."""
-    return jax.vmap(lambda row: jax.random.normal(jax.random.fold_in(key, row), (width,), dtype))(rows)
+GENERATORS = ("threefry", "hash")
+
+
+def normal_rows(key: Array, rows: Array, width: int, dtype: Any = jnp.float32,
+                generator: str = "threefry") -> Array:
+    """(len(rows), width) standard normals, the ones of global row j from ``fold_in(key, j)``.
+
+    generator: 'threefry' (``jax.random.normal``) or 'hash' (:func:`hashed_normal_rows`, about
+    4× cheaper on CPU; for noise injection, where threefry's bits dominate the cost).
+    """
+    if generator == "threefry":
+        return jax.vmap(lambda row: jax.random.normal(jax.random.fold_in(key, row), (width,), dtype))(rows)
+    if generator == "hash":
+        return hashed_normal_rows(key, rows, width, dtype)
+    raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}")
+
+
+def _mix32(x: Array) -> Array:
+    # lowbias32 (C. Wellons, hash-prospector, 2018): xorshifts and odd multiplies, a bijection of uint32
+    x = (x ^ (x >> 16)) * jnp.uint32(0x7FEB352D)
+    x = (x ^ (x >> 15)) * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def hashed_normal_rows(key: Array, rows: Array, width: int, dtype: Any = jnp.float32) -> Array:
+    """(len(rows), width) standard normals from a counter-based integer hash, row-keyed like :func:`normal_rows`.
+
+    Row j's two 32-bit seeds come from threefry (``fold_in(key, j)``), so rows are as independent
+    as threefry makes them and a run draws the same numbers however its rows are split. Column
+    p's bits are ``mix(mix(p ⊕ s₀) + s₁)`` with the lowbias32 mixer: a bijection of p, so the
+    columns of a row never repeat a word. Their top 23 bits give u, uniform on
+    (−1, 1) in steps of 2⁻²² (never ±1), and z = √2 erf⁻¹(u) (|z| ≤ 5.3). Statistically sound for
+    noise (mean, variance, kurtosis, row and column correlations are tested), not for cryptography.
+    Computed in float32, then cast to ``dtype``. Threefry spends ~20 rounds per word; this is 9
+    integer operations, so 500 × 18,050 normals cost 30 instead of 115–135 ms on the 2-core CPU.
+    """
+    seeds = jax.vmap(lambda row: jax.random.bits(jax.random.fold_in(key, row), (2,), jnp.uint32))(rows)
+    column = jnp.arange(width, dtype=jnp.uint32)[None, :]
+    bits = _mix32(_mix32(column ^ seeds[:, :1]) + seeds[:, 1:])
+    unit = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0  # [0, 1)
+    u = 2.0 * unit - 1.0 + jnp.float32(2.0 ** -23)
+    return (jnp.float32(2.0 ** 0.5) * jax.lax.erf_inv(u)).astype(dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +169,9 @@ class Rows:
         """This shard's rows of ``jax.random.split(key, total_rows)`` (keys are small: split all)."""
         return self.own(jax.random.split(key, self.total_rows))
 
-    def normal(self, key: Array, width: int, dtype: Any = jnp.float32) -> Array:
+    def normal(self, key: Array, width: int, dtype: Any = jnp.float32, generator: str = "threefry") -> Array:
         """(count, width) standard normals, row j drawn from ``fold_in(key, j)`` for its global j."""
-        return normal_rows(key, self.indices(), width, dtype)
+        return normal_rows(key, self.indices(), width, dtype, generator)
 
     def gather(self, x: Array) -> Array:
         """Every shard's rows of ``x`` (leading axis ``count``) in row order: (total_rows, ...).

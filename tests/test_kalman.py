@@ -9,6 +9,7 @@ import pytest
 
 import l2ljax.kalman.eki  # noqa: F401  (private helpers)
 from l2ljax import kalman
+from l2ljax.rows import everything
 
 # --------------------------------------------------------------------------- numpy reference
 
@@ -353,3 +354,17 @@ def test_composed_sequential_update_equals_the_step_by_step_scan(stochastic):
     change = float(jnp.max(jnp.abs(scanned - U)))
     assert change > 1e-2
     np.testing.assert_allclose(composed, scanned, atol=1e-5 * max(change, 1.0))
+
+
+@pytest.mark.parametrize(("J", "B"), [(30, 6), (90, 2)])
+def test_both_orders_of_the_low_rank_product_match_the_float64_loop(x64, J, B):
+    """``U + (L R) U`` (J × J, small J) and ``U + L (R U)`` (large J) are one update, for both forms."""
+    P, K = 25, 10
+    member_space = kalman.eki._member_space_cheaper(everything(J), J, B * K, P)
+    assert member_space == (J == 30)  # the two cases take the two branches
+    U, G, y = batch(17, J, P, B, K)
+    out = kalman.eki_update_sequential(KEY, U, G, y, 0.2, form="observation")
+    assert rel_err(out, ref_sequential(U, G, y, 0.2), U) < 1e-9
+    flat_G, flat_y = G.reshape(J, B * K), y.reshape(-1)
+    whole = kalman.eki_update(KEY, U, flat_G, flat_y, 0.2, form="observation")
+    assert rel_err(whole, ref_update(U, flat_G, np.broadcast_to(flat_y, flat_G.shape), 0.2), U) < 1e-9

@@ -343,6 +343,52 @@ def test_antithetic_additive_inflation_pairs_members_and_keeps_the_mean_in_place
         np.testing.assert_allclose(np.asarray(part), V[start:start + count], rtol=1e-6, atol=1e-7)
 
 
+def test_hashed_normals_have_the_normal_law_and_no_correlations():
+    from math import erf
+
+    from l2ljax.rows import hashed_normal_rows
+
+    z = np.asarray(hashed_normal_rows(KEY, jnp.arange(400), 5000), np.float64)
+    assert abs(z.mean()) < 4 / np.sqrt(z.size) and abs(z.var() - 1) < 4 * np.sqrt(2 / z.size)
+    kurtosis = np.mean((z - z.mean()) ** 4) / z.var() ** 2
+    assert abs(kurtosis - 3) < 0.02
+    sample = np.sort(z.ravel()[::7])  # Kolmogorov–Smirnov distance to Φ, bound ≈ 3× its 1/√n scale
+    cdf = 0.5 * (1 + np.vectorize(erf)(sample / np.sqrt(2)))
+    ks = np.max(np.abs(cdf - np.arange(1, len(sample) + 1) / len(sample)))
+    assert ks < 3 / np.sqrt(len(sample))
+    for block in (z[:60], z[:, :60].T):  # rows against rows, columns against columns
+        corr = np.corrcoef(block) - np.eye(len(block))
+        n = block.shape[1]
+        assert np.max(np.abs(corr)) < 5.5 / np.sqrt(n)
+        assert abs(corr.sum() / (len(block) * (len(block) - 1))) < 3 / np.sqrt(n * len(block) ** 2 / 2)
+    lag1 = np.mean(z[:, 1:] * z[:, :-1])  # neighbouring columns: consecutive counters
+    assert abs(lag1) < 4 / np.sqrt(z[:, 1:].size)
+
+
+def test_hashed_normals_are_keyed_per_row_and_reproducible():
+    from l2ljax.rows import Rows, split
+
+    rows = jnp.arange(10)
+    a = np.asarray(kalman.additive_inflation(KEY, jnp.zeros((10, 300)), 0.5, std=1.0, generator="hash"))
+    np.testing.assert_array_equal(a, kalman.additive_inflation(KEY, jnp.zeros((10, 300)), 0.5, std=1.0,
+                                                               generator="hash"))
+    from l2ljax.rows import hashed_normal_rows
+
+    np.testing.assert_allclose(a, hashed_normal_rows(KEY, rows, 300), rtol=1e-6)  # sh/(1 - sh) = 1
+    other = np.asarray(hashed_normal_rows(jax.random.key(1), rows, 300))
+    assert np.abs(np.corrcoef(a.ravel(), other.ravel())[0, 1]) < 0.05
+    for shard in range(3):  # a shard draws its own rows' numbers
+        start, count = split(10, 3, shard)
+        part = kalman.additive_inflation(KEY, jnp.zeros((count, 300)), 0.5, std=1.0, generator="hash",
+                                         rows=Rows(10, start, count, engine=_NoCollectives()))
+        np.testing.assert_array_equal(np.asarray(part), a[start:start + count])
+    with pytest.raises(kalman.StrategyError, match="generator must be one of"):
+        kalman.additive_inflation(KEY, jnp.zeros((10, 3)), 0.5, generator="philox")
+    problem = l2ljax.function_optimizee("rastrigin", dim=3)
+    with pytest.raises(ValueError, match="additive_generator must be one of"):
+        l2ljax.EnsembleKalmanFilter(problem, pop_size=10, additive_generator="philox")
+
+
 def test_enkf_additive_noise_is_checked():
     problem = l2ljax.function_optimizee("rastrigin", dim=3)
     with pytest.raises(ValueError, match="additive_noise must be 'independent' or 'antithetic', got 'paired'"):
