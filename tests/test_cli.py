@@ -18,7 +18,8 @@ def test_main_job_writes_curve_plot_trajectory_and_resumes(tmp_path, capsys, mon
     tested = []  # the CSV's accuracy must be that of the averaged mean (default --average-decay 0.9)
     averaged = l2ljax.EnsembleKalmanFilter.averaged_mean_flat
     monkeypatch.setattr(l2ljax.EnsembleKalmanFilter, "averaged_mean_flat",
-                        lambda self, state: tested.append(float(state.params.average_decay)) or averaged(self, state))
+                        lambda self, state: tested.append((float(state.params.average_decay), self.additive_generator))
+                        or averaged(self, state))
     out = tmp_path / "run"
     argv = ["mnist-enkf", "--data-dir", str(MNIST_DIR), "--members", "8", "--iterations", "4", "--eval-every", "2",
             "--train-subset", "640", "--test-subset", "200", "--out", str(out)]
@@ -30,7 +31,8 @@ def test_main_job_writes_curve_plot_trajectory_and_resumes(tmp_path, capsys, mon
     assert (out / "test_error.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert l2ljax.load_trajectory(out)["generation"].tolist() == [0, 1, 2, 3]
     assert "final test accuracy of the averaged ensemble mean" in capsys.readouterr().out
-    assert tested == pytest.approx([0.9, 0.9])
+    assert [t[0] for t in tested] == pytest.approx([0.9, 0.9])
+    assert {t[1] for t in tested} == {"hash"}  # the default noise generator
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 1
