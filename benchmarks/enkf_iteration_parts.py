@@ -71,8 +71,12 @@ def steps(J: int, B: int, repeats: int, data_dir: str | None) -> dict:
 
     data = load_mnist(data_dir)
     variants = {"lod_setting": dict(repetitions=8, gamma=0.01, additive=0.0, average=0.0, generator="threefry"),
-                "defaults_threefry": dict(repetitions=1, gamma=0.1, additive=0.06, average=0.9, generator="threefry"),
-                "defaults_hash": dict(repetitions=1, gamma=0.1, additive=0.06, average=0.9, generator="hash")}
+                "defaults_threefry": dict(repetitions=1, gamma=0.2, additive=0.08, average=0.9, generator="threefry"),
+                "defaults_hash": dict(repetitions=1, gamma=0.2, additive=0.08, average=0.9, generator="hash"),
+                # the defaults without their noise, and LOD's setting with each batch once: what is left
+                "defaults_without_noise": dict(repetitions=1, gamma=0.2, additive=0.0, average=0.9, generator="hash"),
+                "lod_setting_each_batch_once": dict(repetitions=1, gamma=0.01, additive=0.0, average=0.0,
+                                                    generator="threefry")}
     out = {}
     compiled = {}
     for name, v in variants.items():

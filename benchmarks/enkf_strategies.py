@@ -27,6 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from common import machine_info
 
 from l2ljax import kalman
@@ -38,7 +39,7 @@ from l2ljax.run import make_step
 TODAY = {"repetitions": 8, "mode": "sequential", "gamma": 0.01, "step": 1.0, "localizer": "none",
          "additive": 0.0, "additive_cov": "prior", "accelerator": "none", "scheduler": "fixed",
          "process": "eki", "stochastic": 0, "inflation": 1.0, "batch": 0, "average": 0.0,
-         "antithetic": 0, "generator": "threefry"}
+         "antithetic": 0, "generator": "threefry", "anneal": 1.0}
 PRESETS = {
     "today": {},
     "rep1": {"repetitions": 1},
@@ -54,8 +55,11 @@ PRESETS = {
     "rep1_dmc": {"repetitions": 1, "mode": "batch", "scheduler": "dmc"},
     # l2ljax mnist-enkf's defaults: a weaker fit per batch, more additive noise (hashed normals),
     # the averaged ensemble mean tested
-    "default": {"repetitions": 1, "gamma": 0.1, "additive": 0.06, "additive_cov": "ensemble", "average": 0.9,
+    "default": {"repetitions": 1, "gamma": 0.2, "additive": 0.08, "additive_cov": "ensemble", "average": 0.9,
                 "generator": "hash"},
+    # the main job's defaults of 2026-12-03 (γ 0.1, s 0.06)
+    "default_g01": {"repetitions": 1, "gamma": 0.1, "additive": 0.06, "additive_cov": "ensemble", "average": 0.9,
+                    "generator": "hash"},
     # the same with jax.random's threefry normals (the default until the hash generator)
     "default_threefry": {"repetitions": 1, "gamma": 0.1, "additive": 0.06, "additive_cov": "ensemble",
                          "average": 0.9},
@@ -95,7 +99,10 @@ class Variant:
             accelerator=ACCELERATORS[config["accelerator"]], localizer=LOCALIZERS[config["localizer"]],
             additive_cov=config["additive_cov"],
             additive_noise="antithetic" if config["antithetic"] else "independent",
-            additive_generator=config["generator"])
+            additive_generator=config["generator"],
+            # anneal < 1: the additive noise follows a cosine from s to anneal·s over the run
+            additive_schedule=(None if config["anneal"] == 1.0 else
+                               optax.cosine_decay_schedule(1.0, args.iterations, alpha=config["anneal"])))
         params = self.opt.default_params.replace(gamma=config["gamma"], step_size=config["step"],
                                                  additive_inflation=config["additive"],
                                                  inflation=config["inflation"], average_decay=config["average"])

@@ -17,9 +17,13 @@ MNIST_DIR = Path(os.environ.get("L2LJAX_MNIST_DIR", Path(__file__).resolve().par
 def test_main_job_writes_curve_plot_trajectory_and_resumes(tmp_path, capsys, monkeypatch):
     tested = []  # the CSV's accuracy must be that of the averaged mean (default --average-decay 0.9)
     averaged = l2ljax.EnsembleKalmanFilter.averaged_mean_flat
-    monkeypatch.setattr(l2ljax.EnsembleKalmanFilter, "averaged_mean_flat",
-                        lambda self, state: tested.append((float(state.params.average_decay), self.additive_generator))
-                        or averaged(self, state))
+
+    def record(self, state):
+        p = state.params
+        tested.append((float(p.average_decay), self.additive_generator, float(p.gamma), float(p.additive_inflation)))
+        return averaged(self, state)
+
+    monkeypatch.setattr(l2ljax.EnsembleKalmanFilter, "averaged_mean_flat", record)
     out = tmp_path / "run"
     argv = ["mnist-enkf", "--data-dir", str(MNIST_DIR), "--members", "8", "--iterations", "4", "--eval-every", "2",
             "--train-subset", "640", "--test-subset", "200", "--out", str(out)]
@@ -33,12 +37,33 @@ def test_main_job_writes_curve_plot_trajectory_and_resumes(tmp_path, capsys, mon
     assert "final test accuracy of the averaged ensemble mean" in capsys.readouterr().out
     assert [t[0] for t in tested] == pytest.approx([0.9, 0.9])
     assert {t[1] for t in tested} == {"hash"}  # the default noise generator
+    assert [v for t in tested for v in t[2:]] == pytest.approx([0.2, 0.08] * 2)  # the defaults of RESULTS §11
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 1
     assert "add --resume" in capsys.readouterr().err
     main([*argv, "--iterations", "6", "--resume"])  # the later --iterations wins
     assert l2ljax.load_trajectory(out)["generation"].tolist() == list(range(6))
+
+
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"MNIST not found at {MNIST_DIR}")
+def test_resume_keeps_the_hyperparameters_a_run_started_with(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["mnist-enkf", "--data-dir", str(MNIST_DIR), "--members", "8", "--eval-every", "2",
+            "--train-subset", "640", "--test-subset", "200", "--out", str(out)]
+    main([*argv, "--iterations", "2", "--gamma", "0.1", "--additive-inflation", "0.06"])  # older defaults
+    capsys.readouterr()
+    main([*argv, "--iterations", "4", "--resume"])  # today's defaults differ: the run's own values win
+    err = capsys.readouterr().err
+    assert "keeps the run's --gamma 0.1 (today's default: 0.2)" in err
+    assert "keeps the run's --additive-inflation 0.06" in err
+    params = l2ljax.trajectory.read_meta(out)["params"]
+    assert params[".gamma"] == pytest.approx(0.1) and params[".additive_inflation"] == pytest.approx(0.06)
+    assert l2ljax.load_trajectory(out)["generation"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(SystemExit) as exit_info:  # a value given explicitly is never overridden
+        main([*argv, "--iterations", "6", "--resume", "--gamma", "0.3"])
+    assert exit_info.value.code == 1
+    assert "other hyperparameters" in capsys.readouterr().err
 
 
 def test_plot_of_a_run_directory(tmp_path):

@@ -220,3 +220,35 @@ def test_averaged_mean_is_the_debiased_ema_of_the_update_means(accelerator):
     for bad in (1.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match="average_decay"):
             opt.init(jax.random.key(0), opt.default_params.replace(average_decay=bad))
+
+
+def test_additive_schedule_scales_the_additive_noise_per_iteration():
+    problem, _, _ = linear_problem(noise=0.3)
+    params = dict(gamma=0.05, additive_inflation=0.1)
+
+    def trajectory(schedule, **overrides):
+        opt = l2ljax.EnsembleKalmanFilter(problem, pop_size=20, additive_schedule=schedule)
+        state = opt.init(jax.random.key(4), opt.default_params.replace(**{**params, **overrides}))
+        step = jax.jit(l2ljax.make_step(opt, problem))
+        ensembles = []
+        for _ in range(6):
+            state, _ = step(state, jax.random.key(5))
+            ensembles.append(np.asarray(state.inner.ensemble))
+        return np.stack(ensembles)
+
+    plain = trajectory(None)
+    np.testing.assert_array_equal(trajectory(lambda it: 1.0), plain)
+    np.testing.assert_array_equal(trajectory(lambda it: 0.5), trajectory(None, additive_inflation=0.05))
+    np.testing.assert_array_equal(trajectory(lambda it: 0.0), trajectory(None, additive_inflation=0.0))
+    # on after two updates: the first two updates are noise-free, the rest are not
+    switched = trajectory(lambda it: jnp.where(it >= 2, 1.0, 0.0))
+    noiseless = trajectory(None, additive_inflation=0.0)
+    np.testing.assert_array_equal(switched[:2], noiseless[:2])
+    assert np.max(np.abs(switched[2] - noiseless[2])) > 1e-3
+    for bad, message in ((lambda it: 2.0, r"additive_schedule\(0\) must be a scalar factor in \[0, 1\], got 2"),
+                         (lambda it: jnp.where(it > 0, jnp.nan, 1.0), r"additive_schedule\(1\) must be"),
+                         (lambda it: jnp.ones(3), "scalar factor")):
+        with pytest.raises(ValueError, match=message):
+            l2ljax.EnsembleKalmanFilter(problem, pop_size=20, additive_schedule=bad)
+    with pytest.raises(TypeError, match="additive_schedule must be a callable"):
+        l2ljax.EnsembleKalmanFilter(problem, pop_size=20, additive_schedule=0.5)

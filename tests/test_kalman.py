@@ -368,3 +368,17 @@ def test_both_orders_of_the_low_rank_product_match_the_float64_loop(x64, J, B):
     flat_G, flat_y = G.reshape(J, B * K), y.reshape(-1)
     whole = kalman.eki_update(KEY, U, flat_G, flat_y, 0.2, form="observation")
     assert rel_err(whole, ref_update(U, flat_G, np.broadcast_to(flat_y, flat_G.shape), 0.2), U) < 1e-9
+
+
+def test_row_sums_mean_and_std_match_float64_and_keep_trailing_shapes():
+    from l2ljax.kalman.eki import _mean, _std, row_sum
+
+    rng = np.random.default_rng(3)
+    X = (0.3 + 0.1 * rng.standard_normal((500, 7, 11))).astype(np.float32)
+    np.testing.assert_allclose(row_sum(X), X.astype(np.float64).sum(0), rtol=2e-6)
+    assert row_sum(X).shape == (7, 11) and row_sum(X[:, 0, 0]).shape == ()
+    U = X.reshape(500, -1)
+    np.testing.assert_allclose(_mean(U, everything(500)), U.astype(np.float64).mean(0), rtol=2e-6)
+    np.testing.assert_allclose(_std(U, everything(500)), U.astype(np.float64).std(0), rtol=2e-5)
+    with jax.enable_x64(True):  # float64 stays float64 (no silent float32 product)
+        assert np.asarray(row_sum(jnp.asarray(U, jnp.float64))).dtype == np.float64

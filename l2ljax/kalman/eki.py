@@ -150,10 +150,23 @@ def _stats(valid: Array, dtype: jnp.dtype, rows: Rows) -> _Stats:
     return _Stats(weight, count, lax.rsqrt(jnp.maximum(count, 1.0)))
 
 
+def row_sum(X: Array) -> Array:
+    """``jnp.sum(X, axis=0)`` as a product with a vector of ones (full float32 precision).
+
+    XLA:CPU reduces a (J, P) array over its leading axis ~40× slower than it multiplies it by a
+    vector (500 × 18,050: 22 ms against 0.5 ms on the 2-core AVX-512 VM), and every EnKF step
+    takes several such sums (means, variances). The rounding differs from ``jnp.sum``'s by a few
+    ulps (a blocked instead of a pairwise sum).
+    """
+    X = jnp.asarray(X)
+    flat = X.reshape(X.shape[0], -1)
+    return jnp.dot(jnp.ones(X.shape[0], X.dtype), flat, precision=lax.Precision.HIGHEST).reshape(X.shape[1:])
+
+
 def _valid_mean(X: Array, stats: _Stats, rows: Rows) -> Array:
     """The mean of the valid rows of every shard (NaN-safe)."""
     valid = stats.weight[:, None] > 0
-    return rows.total(jnp.sum(jnp.where(valid, X, 0.0), axis=0)) / jnp.maximum(stats.count, 1.0)
+    return rows.total(row_sum(jnp.where(valid, X, 0.0))) / jnp.maximum(stats.count, 1.0)
 
 
 def _anomalies(X: Array, stats: _Stats, rows: Rows) -> Array:
@@ -267,7 +280,7 @@ def _apply(U: Array, gain: _Gain, stats: _Stats, rows: Rows, localizer: Any = No
         return U + (left @ gain.right.T) @ E
     C = rows.total(gain.right.T @ E)  # C_upᵀ (M, P): on shards, the one (M, P) all-reduce of an update
     if localizer is not None:
-        C = _localize(localizer, key, C, gain.sd, jnp.sqrt(rows.total(jnp.sum(E * E, axis=0))), stats.count, "up")
+        C = _localize(localizer, key, C, gain.sd, jnp.sqrt(rows.total(row_sum(E * E))), stats.count, "up")
     return U + left @ C
 
 
@@ -278,7 +291,7 @@ def _resample(key: Array, U: Array, stats: _Stats, rows: Rows) -> Array:
     def draw(U: Array) -> Array:
         E = _anomalies(U, stats, rows)  # (u_j - ū)/√n on valid rows
         mean = _valid_mean(U, stats, rows)
-        std = jnp.sqrt(rows.total(jnp.sum(E * E, axis=0)))
+        std = jnp.sqrt(rows.total(row_sum(E * E)))
         draws = mean + std * rows.normal(key, U.shape[1], U.dtype)
         return jnp.where(valid, U, draws)
 
@@ -591,15 +604,13 @@ def _inflate(U: Array, factor: float | Array, rows: Rows) -> Array:
 
 
 def _mean(U: Array, rows: Rows) -> Array:
-    """The mean over every shard's rows (``jnp.mean`` when one shard holds them all)."""
-    return jnp.mean(U, axis=0) if rows.whole else rows.total(jnp.sum(U, axis=0)) / rows.total_rows
+    """The mean over every shard's rows."""
+    return rows.total(row_sum(U)) / rows.total_rows
 
 
 def _std(U: Array, rows: Rows) -> Array:
-    """The per-coordinate population standard deviation over every shard's rows."""
-    if rows.whole:
-        return jnp.std(U, axis=0)
-    return jnp.sqrt(rows.total(jnp.sum(jnp.square(U - _mean(U, rows)), axis=0)) / rows.total_rows)
+    """The per-coordinate population standard deviation over every shard's rows (two passes)."""
+    return jnp.sqrt(rows.total(row_sum(jnp.square(U - _mean(U, rows)))) / rows.total_rows)
 
 
 def additive_inflation(key: Array, U: Array, scale: float | Array, *, step_size: float | Array = 1.0,

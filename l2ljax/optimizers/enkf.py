@@ -36,9 +36,12 @@ Options: ``sequential=True`` assimilates the B samples of a batch one at a time 
 protocol; outputs must be ordered sample-major, ``outputs_per_sample`` = K values each);
 ``stochastic`` perturbed observations; Γ = ``gamma``·I or the matrix (or variances) ``noise_cov``;
 ``step_size`` h, times ``step_schedule(iteration)`` when given (any optax schedule, e.g.
-``optax.exponential_decay``); multiplicative ``inflation`` of the prior ensemble; ``init_std``: the initial
-ensemble N(x0, init_std²) instead of draws of the optimizee's sampler. Repeating a batch
-(LOD's ``repetitions``) is the optimizee's data schedule (:func:`l2ljax.optimizees.mnist`).
+``optax.exponential_decay``); ``additive_schedule(iteration)`` likewise scales s (a factor in
+[0, 1]: annealing the additive noise, e.g. ``optax.cosine_decay_schedule(1.0, n, alpha=0.1)``;
+checked at iterations 0 and 1 when built, clipped to [0, 1] inside the update); multiplicative
+``inflation`` of the prior ensemble; ``init_std``: the initial ensemble N(x0, init_std²)
+instead of draws of the optimizee's sampler. Repeating a batch (LOD's ``repetitions``) is the
+optimizee's data schedule (:func:`l2ljax.optimizees.mnist`).
 L2L names: ``gamma``, ``pop_size`` (J), ``n_iteration``/``maxit`` (generations).
 
 Example::
@@ -107,6 +110,20 @@ def _kind(obj: Any, allowed: tuple[type, ...], what: str) -> Any:
     return obj
 
 
+def _check_factor_schedule(schedule: Callable[[jax.Array], jax.Array] | None, name: str):
+    """A schedule of factors in [0, 1]: say at once when its first values are not (a typo'd optax
+    schedule that grows, or returns NaN, would otherwise be clipped silently in every update)."""
+    if schedule is None:
+        return None
+    if not callable(schedule):
+        raise TypeError(f"{name} must be a callable of the iteration (e.g. an optax schedule), got {schedule!r}")
+    for iteration in (0, 1):
+        value = np.asarray(schedule(jnp.asarray(iteration, jnp.int32)), np.float64)
+        if value.shape != () or not (np.isfinite(value) and 0 <= value <= 1):
+            raise ValueError(f"{name}({iteration}) must be a scalar factor in [0, 1], got {value}")
+    return schedule
+
+
 class EnsembleKalmanFilter(Optimizer):
     name = "EnsembleKalmanFilter"
     Params = EnsembleKalmanParams
@@ -116,6 +133,7 @@ class EnsembleKalmanFilter(Optimizer):
                  outputs_per_sample: int | None = None, stochastic: bool = False,
                  noise_cov: Any = None, form: str = "auto", init_std: float | None = None,
                  step_schedule: Callable[[jax.Array], jax.Array] | None = None,
+                 additive_schedule: Callable[[jax.Array], jax.Array] | None = None,
                  process: Any = None, scheduler: Any = None, accelerator: Any = None, localizer: Any = None,
                  additive_cov: str = "prior", additive_noise: str = "independent", additive_generator: str = "threefry",
                  rows: Rows | None = None):
@@ -141,6 +159,7 @@ class EnsembleKalmanFilter(Optimizer):
             self.noise_cov = cov
         self.sequential, self.stochastic, self.form, self.init_std = sequential, stochastic, form, init_std
         self.step_schedule = step_schedule
+        self.additive_schedule = _check_factor_schedule(additive_schedule, "additive_schedule")
         # None: plain EKI with the fixed step, no momentum, no localization (L2L's EnKF)
         process = kalman.Inversion() if process is None else process
         self.process = _kind(process, _PROCESSES, "process")
@@ -354,9 +373,13 @@ class EnsembleKalmanFilter(Optimizer):
             theta = jnp.where(moves, new_theta, inner.theta)
         else:
             ensemble = updated
+        additive = jnp.asarray(params.additive_inflation, population.dtype)
+        if self.additive_schedule is not None:
+            additive = additive * jnp.clip(jnp.asarray(self.additive_schedule(inner.iteration), population.dtype),
+                                           0.0, 1.0)
         ensemble = jax.lax.cond(
-            params.additive_inflation > 0,
-            lambda U: kalman.additive_inflation(jax.random.fold_in(k_update, 7), U, params.additive_inflation,
+            additive > 0,
+            lambda U: kalman.additive_inflation(jax.random.fold_in(k_update, 7), U, additive,
                                                 step_size=h, std=inner.prior_std, rows=self.rows,
                                                 antithetic=self.additive_noise == "antithetic",
                                                 generator=self.additive_generator),
