@@ -14,7 +14,9 @@
 set -uo pipefail
 OUT=${OUT:-gpu_results}
 mkdir -p "$OUT"
-# --resume only where a run is there to continue (the CLI refuses --resume on an empty folder)
+# --resume only where a run is there to continue (the CLI refuses --resume on an empty folder).
+# The run folders live in runs/ (git-ignored, never carried), so carrying .data again on a later
+# call does not wipe them: a warm machine resumes.
 resume_flag() { [ -f "$1/meta.json" ] && echo --resume; }
 export PYTHONPATH=. PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
@@ -27,15 +29,15 @@ timeout 200 python3 benchmarks/enkf_speed.py --members 5000 --torch-python pytho
 tail -30 "$OUT/enkf_speed.log"
 fi
 if [ -z "${SKIP_LOD:-}" ]; then
-# The full run continues where a previous call stopped (the run directory stays on the warm machine).
+# The full run continues where a previous call stopped (runs/ stays on the warm machine).
 timeout "${LOD_SECONDS:-240}" python3 -m l2ljax.cli mnist-enkf --full --data-dir .data/mnist --eval-every 500 \
-    --out .data/lod_full $(resume_flag .data/lod_full) > "$OUT/lod_full.log" 2>&1
+    --out runs/gpu_lod_full $(resume_flag runs/gpu_lod_full) > "$OUT/lod_full.log" 2>&1
 tr '\r' '\n' < "$OUT/lod_full.log" | grep -v '^\[' | tail -20
-cp .data/lod_full/test_accuracy.csv .data/lod_full/test_error.png "$OUT/" 2>/dev/null
+cp runs/gpu_lod_full/test_accuracy.csv runs/gpu_lod_full/test_error.png "$OUT/" 2>/dev/null
 else
 # Best strategy of issue #11 (the test_accuracy.csv "seconds" column includes compilation and evaluations).
 timeout "${BEST_SECONDS:-300}" python3 -m l2ljax.cli mnist-enkf --members 5000 --iterations 7500 --repetitions 1 \
-    --data-dir .data/mnist --eval-every 250 --out .data/best $(resume_flag .data/best) > "$OUT/best.log" 2>&1
+    --data-dir .data/mnist --eval-every 250 --out runs/gpu_best $(resume_flag runs/gpu_best) > "$OUT/best.log" 2>&1
 tr '\r' '\n' < "$OUT/best.log" | grep -v '^\[' | tail -20
-mkdir -p "$OUT/best" && cp .data/best/test_accuracy.csv .data/best/test_error.png "$OUT/best/" 2>/dev/null
+mkdir -p "$OUT/best" && cp runs/gpu_best/test_accuracy.csv runs/gpu_best/test_error.png "$OUT/best/" 2>/dev/null
 fi

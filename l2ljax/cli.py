@@ -208,16 +208,21 @@ def point_latest(out: Path) -> None:
 RESUMED_DEFAULTS = ("gamma", "additive_inflation", "average_decay")  # EnKF params whose default changed
 
 
-def resume_defaults(args: argparse.Namespace, out: Path) -> None:
+def resume_defaults(args: argparse.Namespace, out: Path, verbose: bool = True) -> None:
     """With --resume, the hyperparameters the user did not give are the run's own, not today's
     defaults: a run started before a default changed continues as it began."""
     stored = traj.read_meta(out).get("params") or {}
     for name in sorted(getattr(args, "defaulted", ())):
         value = stored.get(f".{name}")
-        if value is not None and float(np.asarray(value)) != getattr(args, name):
-            print(f"l2ljax mnist-enkf: --resume keeps the run's --{name.replace('_', '-')} "
-                  f"{float(np.asarray(value)):g} (today's default: {getattr(args, name):g})", file=sys.stderr)
-            setattr(args, name, float(np.asarray(value)))
+        if value is None or np.ndim(value) != 0:
+            continue
+        # params are stored as float32: compare there, and keep the shortest decimal of the value
+        ran = float(str(np.float32(value)))
+        if np.float32(ran) != np.float32(getattr(args, name)):
+            if verbose:
+                print(f"l2ljax mnist-enkf: --resume keeps the run's --{name.replace('_', '-')} {ran:g} "
+                      f"(today's default: {getattr(args, name):g})", file=sys.stderr)
+            setattr(args, name, ran)
 
 
 def resolve_out(args: argparse.Namespace, scheme=None) -> Path:
@@ -264,7 +269,7 @@ def mnist_enkf(args: argparse.Namespace) -> dict:
     out = resolve_out(args, scheme)
     args.out = str(out)  # the interrupt message names it
     if args.resume:
-        resume_defaults(args, out)
+        resume_defaults(args, out, verbose=writer)
     if writer:
         print(f"l2ljax mnist-enkf: results will be in {out}; loading MNIST ...", file=sys.stderr, flush=True)
     if not writer:  # rank 0 fetches MNIST first, so ranks never download into one cache at once

@@ -44,6 +44,7 @@ def test_main_job_writes_curve_plot_trajectory_and_resumes(tmp_path, capsys, mon
     assert "add --resume" in capsys.readouterr().err
     main([*argv, "--iterations", "6", "--resume"])  # the later --iterations wins
     assert l2ljax.load_trajectory(out)["generation"].tolist() == list(range(6))
+    assert "keeps the run's" not in capsys.readouterr().err  # a run of today's defaults changes nothing
 
 
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"MNIST not found at {MNIST_DIR}")
@@ -57,6 +58,7 @@ def test_resume_keeps_the_hyperparameters_a_run_started_with(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "keeps the run's --gamma 0.1 (today's default: 0.2)" in err
     assert "keeps the run's --additive-inflation 0.06" in err
+    assert "--average-decay" not in err  # the same value in float32: not reported as kept
     params = l2ljax.trajectory.read_meta(out)["params"]
     assert params[".gamma"] == pytest.approx(0.1) and params[".additive_inflation"] == pytest.approx(0.06)
     assert l2ljax.load_trajectory(out)["generation"].tolist() == [0, 1, 2, 3]

@@ -1,5 +1,6 @@
 """Tests for l2ljax.kalman against an independent float64 numpy implementation of EKI."""
 
+import math
 from functools import partial
 
 import jax
@@ -381,4 +382,10 @@ def test_row_sums_mean_and_std_match_float64_and_keep_trailing_shapes():
     np.testing.assert_allclose(_mean(U, everything(500)), U.astype(np.float64).mean(0), rtol=2e-6)
     np.testing.assert_allclose(_std(U, everything(500)), U.astype(np.float64).std(0), rtol=2e-5)
     with jax.enable_x64(True):  # float64 stays float64 (no silent float32 product)
-        assert np.asarray(row_sum(jnp.asarray(U, jnp.float64))).dtype == np.float64
+        U64 = rng.standard_normal((300, 40)) + 1e3
+        got = np.asarray(row_sum(jnp.asarray(U64)))
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, [math.fsum(column) for column in U64.T], rtol=1e-13)
+    flags = np.arange(12).reshape(4, 3) % 2 == 0  # non-float arrays: jnp.sum's counts
+    np.testing.assert_array_equal(row_sum(flags), flags.sum(0))
+    assert row_sum(np.zeros((0, 5), np.float32)).shape == (5,)

@@ -38,7 +38,8 @@ protocol; outputs must be ordered sample-major, ``outputs_per_sample`` = K value
 ``step_size`` h, times ``step_schedule(iteration)`` when given (any optax schedule, e.g.
 ``optax.exponential_decay``); ``additive_schedule(iteration)`` likewise scales s (a factor in
 [0, 1]: annealing the additive noise, e.g. ``optax.cosine_decay_schedule(1.0, n, alpha=0.1)``;
-checked at iterations 0 and 1 when built, clipped to [0, 1] inside the update); multiplicative
+checked at iterations 0 and 1 when built; inside the update clipped to [0, 1], NaN as 0;
+not part of ``config()``, like ``step_schedule``, so a resume cannot check it); multiplicative
 ``inflation`` of the prior ensemble; ``init_std``: the initial ensemble N(x0, init_std²)
 instead of draws of the optimizee's sampler. Repeating a batch (LOD's ``repetitions``) is the
 optimizee's data schedule (:func:`l2ljax.optimizees.mnist`).
@@ -375,8 +376,8 @@ class EnsembleKalmanFilter(Optimizer):
             ensemble = updated
         additive = jnp.asarray(params.additive_inflation, population.dtype)
         if self.additive_schedule is not None:
-            additive = additive * jnp.clip(jnp.asarray(self.additive_schedule(inner.iteration), population.dtype),
-                                           0.0, 1.0)
+            factor = jnp.asarray(self.additive_schedule(inner.iteration), population.dtype)
+            additive = additive * jnp.clip(jnp.nan_to_num(factor, nan=0.0), 0.0, 1.0)
         ensemble = jax.lax.cond(
             additive > 0,
             lambda U: kalman.additive_inflation(jax.random.fold_in(k_update, 7), U, additive,
