@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The ensemble Kalman filter trains the LOD CNN on MNIST with forward passes only (no backprop). "
                     "Results go to a new folder runs/mnist-enkf-<UTC time> (runs/latest points at it) unless --out "
                     "says otherwise; --resume continues the latest run (or --out DIR). The default size takes "
-                    "about 7 minutes on 2 idle CPU cores.")
+                    "about 4.5 minutes on 2 idle CPU cores.")
     enkf.add_argument("--members", type=int, default=500, help="ensemble size J, at least 2 (LOD paper: 5000)")
     enkf.add_argument("--iterations", type=int, default=400, help="EnKF iterations (LOD: 7500 = 1 epoch)")
     enkf.add_argument("--batch", type=int, default=64, help="training images per minibatch")
